@@ -1,0 +1,3 @@
+"""aejax: autoencoders and variational autoencoders in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,270 @@
+"""PNG figures for autoencoder runs: reconstructions, image grids and training curves."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import pathlib
+from collections.abc import Mapping
+
+import matplotlib
+import numpy as np
+
+# Training runs on headless machines; select the file-only backend before pyplot is imported
+# so no display is ever needed.
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Size of one image cell on the page, in inches, and the resolution figures are saved at; 1 inch at
+# 100 dpi gives a 28x28 image about 3.5 screen pixels per image pixel.
+_CELL_INCHES = 1.0
+_DPI = 100
+# Metric prefixes that save_training_curves plots; other keys (e.g. "lr", "time") are ignored.
+_SPLITS = ("train", "eval")
+# Fixed colours so "eval" looks the same in every subplot, including eval-only metrics.
+_SPLIT_COLORS = {"train": "C0", "eval": "C1"}
+
+
+def _as_images(images, name: str) -> np.ndarray:
+  """Checks an (N, H, W, C) image batch and returns it as float32 clipped to [0, 1]."""
+  arr = np.asarray(images)
+  if arr.ndim != 4:
+    raise ValueError(
+      f"{name}: expected a 4-D array of shape (N, H, W, C), got {arr.ndim}-D shape {arr.shape}"
+    )
+  n, h, w, c = arr.shape
+  if c not in (1, 3):
+    raise ValueError(
+      f"{name}: expected C = 1 (grey) or 3 (RGB) in shape (N, H, W, C), got shape {arr.shape}"
+    )
+  if n == 0 or h == 0 or w == 0:
+    raise ValueError(f"{name}: expected at least one non-empty image, got shape {arr.shape}")
+  # Integer images are usually 0..255 and would clip to almost all white; say so instead.
+  if arr.dtype.kind in "iu":
+    raise ValueError(
+      f"{name}: expected float values in [0, 1], got dtype {arr.dtype} with shape {arr.shape}; "
+      "convert first, e.g. x.astype(np.float32) / 255"
+    )
+  # astype also covers bfloat16 from JAX, which numpy does not count as a floating dtype.
+  return np.clip(arr.astype(np.float32), 0.0, 1.0)
+
+
+def _positive_int(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    raise ValueError(f"{name}: expected a positive int, got {value!r}")
+  return int(value)
+
+
+def _show(ax, image: np.ndarray) -> None:
+  """Draws one (H, W, C) image with fixed grey scaling, so dark images are not stretched."""
+  if image.shape[-1] == 1:
+    ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+  else:
+    ax.imshow(image, interpolation="nearest")
+
+
+@contextlib.contextmanager
+def _subplots(**kwargs):
+  """plt.subplots that always closes the figure, even when drawing fails."""
+  fig, axes = plt.subplots(**kwargs)
+  try:
+    yield fig, axes
+  finally:
+    # pyplot keeps every figure alive until closed; runs save figures every eval, so leaks add up.
+    plt.close(fig)
+
+
+def _save(fig, path) -> pathlib.Path:
+  """Writes fig as PNG (whatever the suffix), creating parent folders."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, format="png", dpi=_DPI)
+  return path
+
+
+def tile_images(images: np.ndarray, ncols: int, border: int = 1) -> np.ndarray:
+  """Tiles (N, H, W, C) images row by row into one image with `border` pixels of 1.0 between cells.
+
+  Returns a float32 array of shape (rows * (H + border) + border, ncols * (W + border) + border, C)
+  with rows = ceil(N / ncols); image k sits in grid row k // ncols, column k % ncols. Cells past
+  the last image stay at the border value. Values are clipped to [0, 1].
+  """
+  arr = _as_images(images, "images")
+  ncols = _positive_int(ncols, "ncols")
+  if isinstance(border, bool) or not isinstance(border, int | np.integer) or border < 0:
+    raise ValueError(f"border: expected a non-negative int, got {border!r}")
+  n, h, w, c = arr.shape
+  nrows = math.ceil(n / ncols)
+  out = np.ones((nrows * (h + border) + border, ncols * (w + border) + border, c), np.float32)
+  for k in range(n):
+    top = border + (k // ncols) * (h + border)
+    left = border + (k % ncols) * (w + border)
+    out[top : top + h, left : left + w] = arr[k]
+  return out
+
+
+def save_reconstructions(
+  path, rows: dict[str, np.ndarray], title: str, max_images: int = 10
+) -> pathlib.Path:
+  """Saves a PNG with one labelled row of images per entry of `rows`.
+
+  Rows are drawn in dict order (e.g. {"input": x, "output": y, "target": t}) with the key and the
+  image size as the row label, and the first `max_images` images of each as columns. Rows may differ
+  in N, H, W and C: every image fills the same cell at its own resolution (nearest-neighbour), so a
+  7x7 super-resolution input lines up with its 28x28 target. A row with fewer images leaves its
+  last cells blank. Parent folders are created. Returns the path.
+  """
+  if not isinstance(rows, Mapping) or not rows:
+    raise ValueError(f"rows: expected a non-empty dict of name -> (N, H, W, C) array, got {rows!r}")
+  max_images = _positive_int(max_images, "max_images")
+  batches = {str(key): _as_images(value, f"rows[{key!r}]") for key, value in rows.items()}
+  ncols = min(max_images, max(b.shape[0] for b in batches.values()))
+  nrows = len(batches)
+  with _subplots(
+    nrows=nrows,
+    ncols=ncols,
+    squeeze=False,
+    # Extra width for the row labels and height for the title.
+    figsize=(1.6 + ncols * _CELL_INCHES, 0.6 + nrows * _CELL_INCHES),
+    layout="constrained",
+  ) as (fig, axes):
+    fig.suptitle(title)
+    for r, (label, batch) in enumerate(batches.items()):
+      _, h, w, _ = batch.shape
+      for col in range(ncols):
+        ax = axes[r, col]
+        # Hide ticks and frame but keep the axes on, since axis("off") would also hide the label.
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+          spine.set_visible(False)
+        if col < batch.shape[0]:
+          _show(ax, batch[col])
+      axes[r, 0].set_ylabel(
+        f"{label}\n{h}x{w}", rotation=0, ha="right", va="center", fontsize="medium"
+      )
+    return _save(fig, path)
+
+
+def save_image_grid(path, images: np.ndarray, title: str, ncols: int | None = None) -> pathlib.Path:
+  """Saves a PNG of `images` (N, H, W, C) tiled into one picture with 1-pixel white borders.
+
+  `ncols` defaults to ceil(sqrt(N)). The caption gives the image count, size and grid shape.
+  Parent folders are created. Returns the path.
+  """
+  arr = _as_images(images, "images")
+  n, h, w, _ = arr.shape
+  ncols = math.ceil(math.sqrt(n)) if ncols is None else _positive_int(ncols, "ncols")
+  grid = tile_images(arr, ncols, border=1)
+  nrows = math.ceil(n / ncols)
+  # Show each image pixel as a whole number of screen pixels (about 600 px across in all) so
+  # nearest-neighbour upscaling stays crisp and small grids are not tiny.
+  scale = max(1, round(600 / max(grid.shape[0], grid.shape[1])))
+  with _subplots(
+    figsize=(grid.shape[1] * scale / _DPI + 0.4, grid.shape[0] * scale / _DPI + 0.9),
+    layout="constrained",
+  ) as (fig, ax):
+    ax.set_title(title)
+    _show(ax, grid)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"{n} images, {h}x{w} px each, {nrows} rows x {ncols} columns")
+    return _save(fig, path)
+
+
+def _is_number(value) -> bool:
+  # bool is an int subclass, but True/False in a metrics line are flags, not values to plot.
+  return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_metrics(metrics_jsonl_path) -> tuple[dict[str, dict[str, list]], int]:
+  """Returns {name: {split: [(step, value), ...]}} in first-seen order, and the lines skipped."""
+  metrics_path = pathlib.Path(metrics_jsonl_path)
+  if not metrics_path.is_file():
+    raise FileNotFoundError(errno.ENOENT, "metrics file not found", os.fspath(metrics_path))
+  series: dict[str, dict[str, list]] = {}
+  skipped = 0
+  with metrics_path.open() as f:
+    for line in f:
+      if not line.strip():
+        continue
+      # The file may be read while training appends to it, so a torn last line is expected and
+      # skipped rather than fatal.
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        skipped += 1
+        continue
+      if not isinstance(record, dict) or not _is_number(record.get("step")):
+        skipped += 1
+        continue
+      step = record["step"]
+      for key, value in record.items():
+        split, sep, name = str(key).partition("/")
+        if not sep or split not in _SPLITS or not name or not _is_number(value):
+          continue
+        series.setdefault(name, {}).setdefault(split, []).append((step, float(value)))
+  return series, skipped
+
+
+def save_training_curves(path, metrics_jsonl_path, title: str = "Training curves") -> pathlib.Path:
+  """Saves a PNG of the train and eval metrics logged in a metrics.jsonl file against step.
+
+  Each line is a JSON object with an int "step" and metrics such as "train/loss" or "eval/kl";
+  lines may hold any subset. There is one subplot per metric name after the prefix (loss, recon,
+  kl, ...) with its train and eval series as labelled lines. Keys without a "train/" or "eval/"
+  prefix, non-numeric and non-finite values, and unparseable lines (e.g. one half-written by a
+  running job) are ignored. With no metrics the figure says "no metrics yet". Parent folders are
+  created. Returns the path.
+
+  Raises:
+    FileNotFoundError: `metrics_jsonl_path` does not exist.
+  """
+  series, skipped = _read_metrics(metrics_jsonl_path)
+  source = pathlib.Path(metrics_jsonl_path).name
+  note = f"from {source}"
+  if skipped:
+    note += f" ({skipped} unreadable line{'s' if skipped > 1 else ''} skipped)"
+
+  if not series:
+    with _subplots(figsize=(6, 3), layout="constrained") as (fig, ax):
+      ax.set_title(title)
+      ax.text(0.5, 0.5, "no metrics yet", ha="center", va="center", fontsize="x-large")
+      ax.set_xlabel(note)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      return _save(fig, path)
+
+  names = list(series)
+  ncols = min(3, len(names))
+  nrows = math.ceil(len(names) / ncols)
+  with _subplots(
+    nrows=nrows,
+    ncols=ncols,
+    squeeze=False,
+    figsize=(4.5 * ncols, 3.2 * nrows + 0.6),
+    layout="constrained",
+  ) as (fig, axes):
+    fig.suptitle(f"{title}\n{note}")
+    for ax, name in zip(axes.flat, names, strict=False):
+      for split in _SPLITS:
+        points = sorted(series[name].get(split, []), key=lambda p: p[0])
+        if not points:
+          continue
+        steps, values = zip(*points, strict=True)
+        # Eval runs are sparse (often a handful of points), and a single point draws no line;
+        # markers keep short series visible.
+        marker = "o" if len(points) <= 50 else None
+        ax.plot(steps, values, label=split, color=_SPLIT_COLORS[split], marker=marker, markersize=3)
+      ax.set_title(name)
+      ax.set_xlabel("step")
+      ax.set_ylabel(name)
+      ax.grid(True, alpha=0.3)
+      ax.legend()
+    for ax in axes.flat[len(names) :]:
+      ax.set_visible(False)
+    return _save(fig, path)

@@ -1,0 +1,62 @@
+"""Metrics as JSON lines (metrics.jsonl) and TensorBoard event files in the workdir."""
+
+import json
+import math
+import pathlib
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  """Appends one JSON object per write to workdir/metrics.jsonl and mirrors it to TensorBoard.
+
+  Only the writing process (process 0 on multi-host) should create one.
+  tensorboardX writes event files without importing TensorFlow.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+    self.path = pathlib.Path(workdir) / METRICS_FILE
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines logged after `step`: a resumed run re-does those steps and logs them again."""
+    if not self.path.exists():
+      return
+    kept = [
+      line
+      for line in self.path.read_text().splitlines()
+      if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    tmp = self.path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(self.path)
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    record = {"step": int(step)}
+    for name, value in metrics.items():
+      value = float(value)
+      # JSON has no NaN/inf; keep them visible as strings rather than dropping them.
+      record[name] = value if math.isfinite(value) else str(value)
+      if self._tb is not None:
+        self._tb.add_scalar(name, value, int(step))
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  """All records of workdir/metrics.jsonl, in order."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,325 @@
+"""Encoders, decoders, the autoencoder and the VAE as Flax Linen modules.
+
+All modules are pure functions of their parameters:
+`model.apply({"params": params}, x_BxHxWxC, key)`. Decoders return logits;
+the reconstruction is `sigmoid(logits)` (see aejax/losses.py). The VAE's
+encoder predicts mean and log-variance; that parameterisation is the only one
+in aejax.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from aejax import errors, losses
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+  "relu": nn.relu,
+  "tanh": nn.tanh,
+  "gelu": nn.gelu,
+  "elu": nn.elu,
+  "leaky_relu": nn.leaky_relu,
+  "silu": nn.silu,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in ACTIVATIONS:
+    raise errors.ConfigError(
+      f"config.model.activation: unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}"
+    )
+  return ACTIVATIONS[name]
+
+
+# ---------------------------------------------------------------------------
+# Encoders: image (B, H, W, C) -> features (B, out_dim).
+# Decoders: latent (B, D) -> logits (B, H, W, C) of `output_shape`.
+
+
+class DenseEncoder(nn.Module):
+  """Flatten, then Dense layers of `widths` with `activation`, then Dense(out_dim)."""
+
+  widths: Sequence[int]
+  out_dim: int
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    h = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+    for width in self.widths:
+      h = act(nn.Dense(width)(h))
+    return nn.Dense(self.out_dim)(h)
+
+
+class DenseDecoder(nn.Module):
+  """Dense layers of `widths`, then Dense to all pixels, reshaped to `output_shape`."""
+
+  widths: Sequence[int]
+  output_shape: tuple[int, int, int]
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, z_BxD: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    h = z_BxD
+    for width in self.widths:
+      h = act(nn.Dense(width)(h))
+    h = nn.Dense(math.prod(self.output_shape))(h)
+    return h.reshape(z_BxD.shape[0], *self.output_shape)
+
+
+class ConvEncoder(nn.Module):
+  """Stride-2 3x3 convolutions (one per entry of `channels`), flatten, Dense(out_dim)."""
+
+  channels: Sequence[int]
+  out_dim: int
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    h = x_BxHxWxC
+    for c in self.channels:
+      h = act(nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME")(h))
+    h = h.reshape(h.shape[0], -1)
+    return nn.Dense(self.out_dim)(h)
+
+
+class ConvDecoder(nn.Module):
+  """Dense to a (H/2^n, W/2^n, channels[0]) map, n stride-2 transposed convs, 3x3 conv to logits.
+
+  `channels` lists the encoder's widths; the decoder mirrors them. H and W must
+  be divisible by 2^len(channels) (checked when the model is built).
+  """
+
+  channels: Sequence[int]
+  output_shape: tuple[int, int, int]
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, z_BxD: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    height, width, out_channels = self.output_shape
+    factor = 2 ** len(self.channels)
+    widths = list(reversed(self.channels))
+    h = act(nn.Dense((height // factor) * (width // factor) * widths[0])(z_BxD))
+    h = h.reshape(z_BxD.shape[0], height // factor, width // factor, widths[0])
+    for c in widths:
+      h = act(nn.ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME")(h))
+    return nn.Conv(out_channels, (3, 3), padding="SAME")(h)
+
+
+def _max_pool_2(x: jax.Array, padding: str) -> jax.Array:
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=padding)
+
+
+def _upsample_2(x: jax.Array) -> jax.Array:
+  # Keras' UpSampling2D: nearest neighbour, each pixel repeated 2x2.
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class LessonConvEncoder(nn.Module):
+  """The lesson's encoder: 28x28x1 -> 4x4x8, flattened to 128 features.
+
+  Conv(16,3)+ReLU+MaxPool2 -> Conv(8,3)+ReLU+MaxPool2 -> Conv(8,3)+ReLU+MaxPool2(same).
+  """
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    h = _max_pool_2(nn.relu(nn.Conv(16, (3, 3), padding="SAME")(x_BxHxWxC)), "SAME")  # 14x14
+    h = _max_pool_2(nn.relu(nn.Conv(8, (3, 3), padding="SAME")(h)), "SAME")  # 7x7
+    h = _max_pool_2(nn.relu(nn.Conv(8, (3, 3), padding="SAME")(h)), "SAME")  # 4x4 (7 padded)
+    return h.reshape(h.shape[0], -1)
+
+
+class LessonConvDecoder(nn.Module):
+  """The lesson's decoder: 4x4x8 -> 28x28 logits.
+
+  Conv(8)+Up2 -> Conv(8)+Up2 -> Conv(16, valid)+Up2 -> Conv(1) (+ sigmoid in the loss).
+  """
+
+  output_channels: int = 1
+
+  @nn.compact
+  def __call__(self, z_BxD: jax.Array) -> jax.Array:
+    h = z_BxD.reshape(z_BxD.shape[0], 4, 4, 8)
+    h = _upsample_2(nn.relu(nn.Conv(8, (3, 3), padding="SAME")(h)))  # 8x8
+    h = _upsample_2(nn.relu(nn.Conv(8, (3, 3), padding="SAME")(h)))  # 16x16
+    h = _upsample_2(nn.relu(nn.Conv(16, (3, 3), padding="VALID")(h)))  # 14x14 -> 28x28
+    return nn.Conv(self.output_channels, (3, 3), padding="SAME")(h)
+
+
+# ---------------------------------------------------------------------------
+# Autoencoders.
+
+
+def _resize_to(x_BxHxWxC: jax.Array, output_shape: tuple[int, int, int]) -> jax.Array:
+  """Nearest-neighbour upsampling of a low-resolution input to the output size.
+
+  Super-resolution feeds the model a smaller image than it must produce; the
+  model resizes it first, so every encoder sees the size it was built for.
+  """
+  height, width, _ = output_shape
+  if x_BxHxWxC.shape[1:3] == (height, width):
+    return x_BxHxWxC
+  new_shape = (x_BxHxWxC.shape[0], height, width, x_BxHxWxC.shape[3])
+  return jax.image.resize(x_BxHxWxC, new_shape, method="nearest")
+
+
+class _LikelihoodScale(nn.Module):
+  """Holds the Gaussian decoder's log standard deviation when it is learned."""
+
+  init_log_scale: float
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return self.param("log_scale", nn.initializers.constant(self.init_log_scale), ())
+
+
+class AutoEncoder(nn.Module):
+  """Deterministic autoencoder: z = encoder(x), logits = decoder(z)."""
+
+  encoder: nn.Module
+  decoder: nn.Module
+  output_shape: tuple[int, int, int]
+  learn_log_scale: bool = False
+  init_log_scale: float = 0.0
+
+  is_variational = False
+
+  def encode(self, x_BxHxWxC: jax.Array) -> dict[str, jax.Array]:
+    return {"z": self.encoder(_resize_to(x_BxHxWxC, self.output_shape))}
+
+  def decode(self, z_BxD: jax.Array) -> jax.Array:
+    return self.decoder(z_BxD)
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array, key: jax.Array | None = None) -> dict[str, jax.Array]:
+    del key  # A plain autoencoder is deterministic.
+    out = self.encode(x_BxHxWxC)
+    out["logits"] = self.decode(out["z"])
+    if self.learn_log_scale:
+      out["log_scale"] = _LikelihoodScale(self.init_log_scale, name="likelihood")()
+    return out
+
+
+class VAE(nn.Module):
+  """Variational autoencoder with q(z|x) = N(mean, diag(exp(logvar))) and prior N(0, I).
+
+  The encoder outputs 2 * latent_dim numbers: the first half is the mean, the
+  second the log-variance.
+  """
+
+  encoder: nn.Module
+  decoder: nn.Module
+  output_shape: tuple[int, int, int]
+  latent_dim: int
+  learn_log_scale: bool = False
+  init_log_scale: float = 0.0
+
+  is_variational = True
+
+  def encode(self, x_BxHxWxC: jax.Array) -> dict[str, jax.Array]:
+    h = self.encoder(_resize_to(x_BxHxWxC, self.output_shape))
+    mean, logvar = jnp.split(h, 2, axis=-1)
+    return {"mean": mean, "logvar": logvar}
+
+  def decode(self, z_BxD: jax.Array) -> jax.Array:
+    return self.decoder(z_BxD)
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array, key: jax.Array | None = None) -> dict[str, jax.Array]:
+    """With a key, z is a reparameterised sample; without one, z is the posterior mean."""
+    out = self.encode(x_BxHxWxC)
+    if key is None:
+      out["z"] = out["mean"]
+    else:
+      out["z"] = losses.sample_gaussian(key, out["mean"], out["logvar"])
+    out["logits"] = self.decode(out["z"])
+    if self.learn_log_scale:
+      out["log_scale"] = _LikelihoodScale(self.init_log_scale, name="likelihood")()
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The model lookup: name -> builder(model_config, image_shape).
+
+
+def _check_divisible(image_shape, num_layers: int, name: str) -> None:
+  factor = 2**num_layers
+  if image_shape[0] % factor or image_shape[1] % factor:
+    raise errors.ConfigError(
+      f"config.model.conv_channels: {num_layers} stride-2 layers need image height and width "
+      f"divisible by {factor}, got image shape {tuple(image_shape)} for model {name!r}; "
+      "use fewer conv_channels"
+    )
+
+
+def _wrap(cfg, encoder, decoder, image_shape, variational: bool) -> nn.Module:
+  common = dict(
+    encoder=encoder,
+    decoder=decoder,
+    output_shape=tuple(image_shape),
+    learn_log_scale=bool(cfg.get("learn_log_scale", False)),
+    init_log_scale=float(cfg.get("log_scale", 0.0)),
+  )
+  if variational:
+    return VAE(latent_dim=cfg.latent_dim, **common)
+  return AutoEncoder(**common)
+
+
+def _dense(cfg, image_shape, variational):
+  out = 2 * cfg.latent_dim if variational else cfg.latent_dim
+  widths = tuple(cfg.hidden_widths)
+  enc = DenseEncoder(widths, out, cfg.activation)
+  dec = DenseDecoder(tuple(reversed(widths)), tuple(image_shape), cfg.activation)
+  return _wrap(cfg, enc, dec, image_shape, variational)
+
+
+def _conv(cfg, image_shape, variational, name):
+  channels = tuple(cfg.conv_channels)
+  _check_divisible(image_shape, len(channels), name)
+  out = 2 * cfg.latent_dim if variational else cfg.latent_dim
+  enc = ConvEncoder(channels, out, cfg.activation)
+  dec = ConvDecoder(channels, tuple(image_shape), cfg.activation)
+  return _wrap(cfg, enc, dec, image_shape, variational)
+
+
+def _lesson_conv_ae(cfg, image_shape):
+  if tuple(image_shape[:2]) != (28, 28):
+    raise errors.ConfigError(
+      f"model 'lesson_conv_ae' is the lesson's fixed 28x28 architecture; image shape is "
+      f"{tuple(image_shape)}. Use 'conv_ae' for other sizes"
+    )
+  if cfg.latent_dim != 128:
+    raise errors.ConfigError(
+      "config.model.latent_dim must be 128 for 'lesson_conv_ae' (its latent is 4x4x8), "
+      f"got {cfg.latent_dim}"
+    )
+  return _wrap(cfg, LessonConvEncoder(), LessonConvDecoder(image_shape[2]), image_shape, False)
+
+
+MODELS: dict[str, Callable[[ml_collections.ConfigDict, tuple[int, int, int]], nn.Module]] = {
+  "dense_ae": lambda cfg, shape: _dense(cfg, shape, variational=False),
+  "conv_ae": lambda cfg, shape: _conv(cfg, shape, False, "conv_ae"),
+  "lesson_conv_ae": _lesson_conv_ae,
+  "dense_vae": lambda cfg, shape: _dense(cfg, shape, variational=True),
+  "conv_vae": lambda cfg, shape: _conv(cfg, shape, True, "conv_vae"),
+}
+
+
+def build_model(model_config: ml_collections.ConfigDict, image_shape) -> nn.Module:
+  """Builds the model named by `model_config.name` for images of `image_shape` (H, W, C)."""
+  name = model_config.name
+  if name not in MODELS:
+    raise errors.ConfigError(
+      f"config.model.name: unknown model {name!r}; valid: {', '.join(MODELS)}"
+    )
+  if model_config.latent_dim < 1:
+    raise errors.ConfigError(f"config.model.latent_dim must be >= 1, got {model_config.latent_dim}")
+  return MODELS[name](model_config, tuple(image_shape))
