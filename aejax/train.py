@@ -367,10 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   configs.validate(config, num_devices=mesh.size)
   workdir_path = pathlib.Path(workdir)
   is_writer = jax.process_index() == 0
-  if is_writer:
-    workdir_path.mkdir(parents=True, exist_ok=True)
-    (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
+  # Data and model come first so that a bad data set or model leaves no workdir behind.
   train_set, eval_set = load_data(config)
   image_shape = train_set.images.shape[1:]
   num_train = len(train_set.images)
@@ -389,6 +387,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   model = models.build_model(config.model, image_shape)
   tx = optim.make_optimizer(config.optimizer, total_steps)
+  if is_writer:
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   keys = derived_keys(config.seed)
   state = create_train_state(model, tx, image_shape, keys["init"], mesh)
 
