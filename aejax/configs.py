@@ -47,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.likelihood = "bernoulli"  # bernoulli (sigmoid cross-entropy) or gaussian.
   c.model.log_scale = 0.0  # Gaussian: log standard deviation (fixed, or the initial value).
   c.model.learn_log_scale = False
+  c.model.num_classes = 0  # > 0: conditional model (one-hot label into encoder and decoder).
 
   c.objective = ml_collections.ConfigDict()
   c.objective.beta = 1.0  # KL weight (VAEs); 1 is the ELBO.
@@ -73,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_batch_size = 1000
   c.num_figure_images = 10
+  c.final_figures = True  # After the last step: latent grid/scatter, interpolation, task metrics.
   c.progress_bar = True
   return c
 
@@ -113,6 +115,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     _fail("model.name", f"unknown model {c.model.name!r}; valid: {', '.join(models.MODELS)}")
   if c.model.latent_dim < 1:
     _fail("model.latent_dim", f"must be >= 1, got {c.model.latent_dim}")
+  if c.model.num_classes < 0:
+    _fail("model.num_classes", f"must be >= 0, got {c.model.num_classes}")
   if c.model.activation not in models.ACTIVATIONS:
     _fail(
       "model.activation",

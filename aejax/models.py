@@ -181,69 +181,102 @@ class _LikelihoodScale(nn.Module):
     return self.param("log_scale", nn.initializers.constant(self.init_log_scale), ())
 
 
+def _with_label_channels(x_BxHxWxC: jax.Array, label_B: jax.Array, num_classes: int) -> jax.Array:
+  """Appends the one-hot label as constant image channels, so any encoder can condition on it."""
+  onehot_BxK = jax.nn.one_hot(label_B, num_classes, dtype=x_BxHxWxC.dtype)
+  planes = jnp.broadcast_to(onehot_BxK[:, None, None, :], (*x_BxHxWxC.shape[:3], num_classes))
+  return jnp.concatenate([x_BxHxWxC, planes], axis=-1)
+
+
+def _with_label(z_BxD: jax.Array, label_B: jax.Array, num_classes: int) -> jax.Array:
+  return jnp.concatenate([z_BxD, jax.nn.one_hot(label_B, num_classes, dtype=z_BxD.dtype)], -1)
+
+
 class AutoEncoder(nn.Module):
-  """Deterministic autoencoder: z = encoder(x), logits = decoder(z)."""
+  """Deterministic autoencoder: z = encoder(x), logits = decoder(z).
 
-  encoder: nn.Module
-  decoder: nn.Module
-  output_shape: tuple[int, int, int]
-  learn_log_scale: bool = False
-  init_log_scale: float = 0.0
-
-  is_variational = False
-
-  def encode(self, x_BxHxWxC: jax.Array) -> dict[str, jax.Array]:
-    return {"z": self.encoder(_resize_to(x_BxHxWxC, self.output_shape))}
-
-  def decode(self, z_BxD: jax.Array) -> jax.Array:
-    return self.decoder(z_BxD)
-
-  @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array, key: jax.Array | None = None) -> dict[str, jax.Array]:
-    del key  # A plain autoencoder is deterministic.
-    out = self.encode(x_BxHxWxC)
-    out["logits"] = self.decode(out["z"])
-    if self.learn_log_scale:
-      out["log_scale"] = _LikelihoodScale(self.init_log_scale, name="likelihood")()
-    return out
-
-
-class VAE(nn.Module):
-  """Variational autoencoder with q(z|x) = N(mean, diag(exp(logvar))) and prior N(0, I).
-
-  The encoder outputs 2 * latent_dim numbers: the first half is the mean, the
-  second the log-variance.
+  With num_classes > 0 it is conditional: encoder and decoder also see the
+  one-hot class label (as extra input channels and appended to z).
   """
 
   encoder: nn.Module
   decoder: nn.Module
   output_shape: tuple[int, int, int]
-  latent_dim: int
   learn_log_scale: bool = False
   init_log_scale: float = 0.0
+  num_classes: int = 0
+
+  is_variational = False
+
+  def _encoder_input(self, x_BxHxWxC, label_B):
+    x = _resize_to(x_BxHxWxC, self.output_shape)
+    if self.num_classes:
+      x = _with_label_channels(x, _require_label(label_B), self.num_classes)
+    return x
+
+  def _decode(self, z_BxD, label_B):
+    if self.num_classes:
+      z_BxD = _with_label(z_BxD, _require_label(label_B), self.num_classes)
+    return self.decoder(z_BxD)
+
+  def encode(self, x_BxHxWxC: jax.Array, label_B: jax.Array | None = None) -> dict[str, jax.Array]:
+    return {"z": self.encoder(self._encoder_input(x_BxHxWxC, label_B))}
+
+  def decode(self, z_BxD: jax.Array, label_B: jax.Array | None = None) -> jax.Array:
+    return self._decode(z_BxD, label_B)
+
+  @nn.compact
+  def __call__(
+    self, x_BxHxWxC: jax.Array, key: jax.Array | None = None, label_B: jax.Array | None = None
+  ) -> dict[str, jax.Array]:
+    del key  # A plain autoencoder is deterministic.
+    out = self.encode(x_BxHxWxC, label_B)
+    out["logits"] = self.decode(out["z"], label_B)
+    if self.learn_log_scale:
+      out["log_scale"] = _LikelihoodScale(self.init_log_scale, name="likelihood")()
+    return out
+
+
+class VAE(AutoEncoder):
+  """Variational autoencoder with q(z|x) = N(mean, diag(exp(logvar))) and prior N(0, I).
+
+  The encoder outputs 2 * latent_dim numbers: the first half is the mean, the
+  second the log-variance. With num_classes > 0 it is a conditional VAE
+  (q(z|x, y), p(x|z, y)).
+  """
+
+  latent_dim: int = 2
 
   is_variational = True
 
-  def encode(self, x_BxHxWxC: jax.Array) -> dict[str, jax.Array]:
-    h = self.encoder(_resize_to(x_BxHxWxC, self.output_shape))
+  def encode(self, x_BxHxWxC: jax.Array, label_B: jax.Array | None = None) -> dict[str, jax.Array]:
+    h = self.encoder(self._encoder_input(x_BxHxWxC, label_B))
     mean, logvar = jnp.split(h, 2, axis=-1)
     return {"mean": mean, "logvar": logvar}
 
-  def decode(self, z_BxD: jax.Array) -> jax.Array:
-    return self.decoder(z_BxD)
-
   @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array, key: jax.Array | None = None) -> dict[str, jax.Array]:
+  def __call__(
+    self, x_BxHxWxC: jax.Array, key: jax.Array | None = None, label_B: jax.Array | None = None
+  ) -> dict[str, jax.Array]:
     """With a key, z is a reparameterised sample; without one, z is the posterior mean."""
-    out = self.encode(x_BxHxWxC)
+    out = self.encode(x_BxHxWxC, label_B)
     if key is None:
       out["z"] = out["mean"]
     else:
       out["z"] = losses.sample_gaussian(key, out["mean"], out["logvar"])
-    out["logits"] = self.decode(out["z"])
+    out["logits"] = self.decode(out["z"], label_B)
     if self.learn_log_scale:
       out["log_scale"] = _LikelihoodScale(self.init_log_scale, name="likelihood")()
     return out
+
+
+def _require_label(label_B):
+  if label_B is None:
+    raise errors.ConfigError(
+      "a conditional model (config.model.num_classes > 0) needs class labels; "
+      "the data set must have labels"
+    )
+  return label_B
 
 
 # ---------------------------------------------------------------------------
@@ -267,6 +300,7 @@ def _wrap(cfg, encoder, decoder, image_shape, variational: bool) -> nn.Module:
     output_shape=tuple(image_shape),
     learn_log_scale=bool(cfg.get("learn_log_scale", False)),
     init_log_scale=float(cfg.get("log_scale", 0.0)),
+    num_classes=int(cfg.get("num_classes", 0)),
   )
   if variational:
     return VAE(latent_dim=cfg.latent_dim, **common)

@@ -26,10 +26,11 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from aejax import configs, data, figures, losses, models, optim, tasks
+from aejax import configs, data, errors, figures, losses, models, optim, tasks
 from aejax.metric_writer import MetricWriter
 
 DATA_AXIS = "data"
+RUN_INFO_FILE = "run_info.json"
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -77,7 +78,9 @@ def create_train_state(
 
   def init(key):
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    params = model.init(key, dummy, jax.random.key(0) if model.is_variational else None)["params"]
+    sample_key = jax.random.key(0) if model.is_variational else None
+    dummy_label = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+    params = model.init(key, dummy, sample_key, dummy_label)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   # Initialising under jit with replicated outputs puts the state straight onto every device.
@@ -105,7 +108,12 @@ def per_image_losses(
   `loss` is the objective: the reconstruction NLL for an autoencoder,
   NLL + kl_weight * KL for a VAE. `neg_elbo` is NLL + KL (kl_weight 1).
   """
-  out = model.apply({"params": params}, batch["input"], key if model.is_variational else None)
+  out = model.apply(
+    {"params": params},
+    batch["input"],
+    key if model.is_variational else None,
+    batch.get("label") if model.num_classes else None,
+  )
   log_scale = out.get("log_scale", jnp.asarray(config.model.log_scale, jnp.float32))
   recon_B = losses.reconstruction_nll(
     config.model.likelihood, out["logits"], batch["target"], log_scale
@@ -292,7 +300,9 @@ def write_figures(workdir, model, params, config, eval_data, keys, step: int) ->
     tasks.make_batch(jax.random.fold_in(keys["eval_corrupt"], 0), images, labels, config)
   )
   # Reconstructions use the posterior mean (no key): the picture of what the code holds.
-  out = model.apply({"params": params}, batch["input"])
+  out = model.apply(
+    {"params": params}, batch["input"], None, batch.get("label") if model.num_classes else None
+  )
   output = np.asarray(jax.nn.sigmoid(out["logits"]))
   name = f"{config.data.name} {config.task.name}, {config.model.name}, step {step}"
   figures.save_reconstructions(
@@ -302,7 +312,9 @@ def write_figures(workdir, model, params, config, eval_data, keys, step: int) ->
   )
   if model.is_variational:
     z = jax.random.normal(keys["figure_samples"], (64, config.model.latent_dim))
-    logits = model.apply({"params": params}, z, method=model.decode)
+    # A conditional model cycles through the classes: 64 samples, class = index mod K.
+    labels = jnp.arange(64) % config.model.num_classes if config.model.num_classes else None
+    logits = model.apply({"params": params}, z, labels, method=model.decode)
     figures.save_image_grid(
       pathlib.Path(workdir) / "samples.png",
       np.asarray(jax.nn.sigmoid(logits)),
@@ -330,6 +342,21 @@ def load_data(config) -> tuple[data.ImageSet, data.ImageSet]:
     config.data.name, config.data.eval_split, limit=config.data.eval_limit or None, **kwargs
   )
   return train_set, eval_set
+
+
+def check_labels(image_set: data.ImageSet, num_classes: int) -> None:
+  """A conditional model needs labels in [0, num_classes) for every image."""
+  where = f"{image_set.name}/{image_set.split}"
+  if image_set.labels is None:
+    raise errors.ConfigError(
+      f"config.model.num_classes={num_classes}: a conditional model needs labels, "
+      f"but {where} has none"
+    )
+  if image_set.labels.min() < 0 or image_set.labels.max() >= num_classes:
+    raise errors.ConfigError(
+      f"config.model.num_classes={num_classes}: labels of {where} range over "
+      f"[{image_set.labels.min()}, {image_set.labels.max()}]"
+    )
 
 
 class _StopRequest:
@@ -385,11 +412,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     config.eval_batch_size, mesh.size * math.ceil(len(eval_set.images) / mesh.size)
   )
 
+  if config.model.num_classes:
+    check_labels(train_set, config.model.num_classes)
+    check_labels(eval_set, config.model.num_classes)
   model = models.build_model(config.model, image_shape)
   tx = optim.make_optimizer(config.optimizer, total_steps)
   if is_writer:
     workdir_path.mkdir(parents=True, exist_ok=True)
     (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    # What aejax.load needs to rebuild the model without loading the data set.
+    run_info = {
+      "image_shape": list(image_shape),
+      "data": f"{config.data.name}/{train_set.source}",
+      "num_train": num_train,
+      "has_labels": train_set.labels is not None,
+    }
+    (workdir_path / RUN_INFO_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
   keys = derived_keys(config.seed)
   state = create_train_state(model, tx, image_shape, keys["init"], mesh)
 
@@ -473,7 +511,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           writer.flush()
           write_figures(workdir_path, model, state.params, config, eval_data, keys, done)
           figures.save_training_curves(
-            workdir_path / "training_curves.png",
+            workdir_path / "curves.png",
             writer.path,
             title=f"Training curves: {config.model.name} on {config.data.name}",
           )
@@ -492,6 +530,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   progress.close()
   if writer:
     writer.close()
+    if start_step < total_steps and config.final_figures:
+      # Imported here: visualize builds on api, which builds on this module.
+      from aejax import api, visualize
+
+      handle = api.TrainedModel(config, state.params, image_shape, total_steps)
+      written = visualize.write_final_outputs(handle, eval_set, workdir_path)
+      logging.info("Wrote %s", ", ".join(written))
   elapsed = time.perf_counter() - start_time
   _log_summary(config, workdir_path, start_step, total_steps, elapsed, eval_metrics)
   return state

@@ -4,7 +4,7 @@ What: VAE 64-256-2 (ReLU), Bernoulli decoder on grey levels, Adam 1e-3,
   batch 64, 150 epochs of the 1,437 training digits; evaluated on the 360
   held-out digits.
 Expected: eval/neg_elbo about 24.6 nats per image (measured: docs/results.md);
-  reconstructions.png, samples.png and training_curves.png in the workdir.
+  reconstructions.png, samples.png and curves.png (training curves) in the workdir.
 Runtime: well under a minute on a laptop CPU.
 Command:
   python -m aejax.main --config=experiments/quickstart.py --workdir=runs/quickstart

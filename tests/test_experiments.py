@@ -1,6 +1,8 @@
 """Every experiment config loads, and its `:tiny` variant trains end to end with its outputs."""
 
+import contextlib
 import importlib.util
+import json
 import math
 import pathlib
 import subprocess
@@ -8,7 +10,7 @@ import sys
 
 import pytest
 
-from aejax import configs, errors, metric_writer, train
+from aejax import configs, data, errors, metric_writer, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
@@ -20,6 +22,8 @@ REQUIRED = {
   "denoise",
   "superres",
   "flax_vae_parity",
+  "cvae",
+  "pca_vs_ae",
 }
 
 
@@ -42,22 +46,52 @@ def test_config_loads_and_validates(path):
     assert word in doc, f"{path.name} docstring lacks {word!r}"
   for arg in (None, "tiny"):
     c = module.get_config(arg)
-    configs.validate(c, num_devices=8)
-    assert c.seed == 0 and c.batch_size > 0 and (c.num_epochs > 0 or c.total_steps > 0)
+    run = c.ae if c.get("ae") is not None else c  # pca_vs_ae wraps the config of its AE runs.
+    configs.validate(run, num_devices=8)
+    assert c.seed == 0 and run.batch_size > 0 and (run.num_epochs > 0 or run.total_steps > 0)
   with pytest.raises(errors.ConfigError, match="unknown"):
     module.get_config("tiny,nonsense")
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-def test_tiny_variant_trains_end_to_end(path, tmp_path, data_dir):
+def test_tiny_variant_trains_end_to_end(path, tmp_path, data_dir, monkeypatch):
   c = load_experiment(path).get_config("tiny")
+  if c.get("ae") is not None:
+    pytest.skip("a comparison of several runs; tested in its own module")
   c.data.data_dir = str(data_dir)
-  train.train_and_evaluate(c, str(tmp_path))
+  with contextlib.ExitStack() as stack:
+    if c.data.source == "tfds":
+      # No internet here: tfds's mock data stands in for the download (random images of the
+      # data set's real shape), as in the flax examples' tests.
+      import tensorflow_datasets as tfds
+
+      monkeypatch.setattr(data, "_network_available", lambda *a, **k: True)
+      stack.enter_context(tfds.testing.mock_data(num_examples=c.data.train_limit))
+    train.train_and_evaluate(c, str(tmp_path))
   last_eval = [r for r in metric_writer.read_metrics(tmp_path) if "eval/loss" in r][-1]
   assert last_eval["step"] == c.total_steps
   assert math.isfinite(last_eval["eval/loss"]) and math.isfinite(last_eval["eval/bce_per_pixel"])
-  assert (tmp_path / "reconstructions.png").exists() and (tmp_path / "config.json").exists()
   assert (tmp_path / "checkpoints" / str(c.total_steps)).is_dir()
+  expected = {
+    "config.json",
+    "reconstructions.png",
+    "curves.png",
+    "interpolation.png",
+    "latent_noise.png",
+  }
+  if json.loads((tmp_path / "run_info.json").read_text())["has_labels"]:
+    expected.add("latent_scatter.png")
+  if c.model.latent_dim == 2:
+    expected.add("latent_grid.png")
+  if c.model.num_classes:
+    expected.add("class_grid.png")
+  if c.model.name.endswith("vae"):
+    expected.add("samples.png")
+  if c.task.name in ("denoise", "superres"):
+    expected |= {"task_metrics.json", "task_metrics.md"}
+  if c.task.name == "superres":
+    expected.add("superres_from_noise.png")
+  assert expected <= {p.name for p in tmp_path.iterdir()}
 
 
 def _cli(*args, timeout=300):

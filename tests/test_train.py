@@ -148,7 +148,7 @@ def test_workdir_outputs(tmp_path):
   assert last["eval/neg_elbo"] == pytest.approx(last["eval/recon"] + last["eval/kl"], rel=1e-5)
   # The KL warm-up reaches beta after kl_warmup_steps.
   assert train_records[0]["train/kl_weight"] < 1.0 and train_records[-1]["train/kl_weight"] == 1.0
-  for name in ("reconstructions.png", "samples.png", "training_curves.png"):
+  for name in ("reconstructions.png", "samples.png", "curves.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
     "16",

@@ -1,0 +1,227 @@
+"""Use a trained model: `aejax.load(workdir)` -> encode, decode, generate, reconstruct.
+
+    import aejax
+    model = aejax.load("runs/conv_vae")           # newest checkpoint; step=N for another
+    z = model.encode(images)                      # (N, H, W, C) in [0, 1] -> (N, latent_dim)
+    x = model.decode(z)                           # -> (N, H, W, C) in [0, 1]
+    samples = model.generate(64, seed=0)          # VAEs: decoded draws from the prior N(0, I)
+
+Everything takes and returns NumPy arrays in the data set's image shape and
+[0, 1] range. Conditional models take `labels` (int array, one per image).
+Bad input raises aejax.errors.InputError; a missing or mismatched
+checkpoint raises aejax.errors.CheckpointError.
+"""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from aejax import errors, losses, models, optim, train
+
+_CHUNK = 1024  # Images per jitted call: bounded memory whatever the input size.
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  return (
+    np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)]) if len(x) < size else x
+  )
+
+
+class TrainedModel:
+  """A trained autoencoder or VAE with NumPy-in, NumPy-out methods."""
+
+  def __init__(self, config: ml_collections.ConfigDict, params, image_shape, step: int):
+    self.config = config
+    self.image_shape = tuple(int(d) for d in image_shape)
+    self.step = int(step)
+    self.model = models.build_model(config.model, self.image_shape)
+    self.params = params
+    self.latent_dim = int(config.model.latent_dim)
+    self.num_classes = int(config.model.num_classes)
+    self.is_variational = self.model.is_variational
+    self._encode = jax.jit(lambda p, x, y: self.model.apply({"params": p}, x, y, method="encode"))
+    self._decode = jax.jit(lambda p, z, y: self.model.apply({"params": p}, z, y, method="decode"))
+
+  # -- input checks -------------------------------------------------------
+
+  def _check_images(self, images, name: str = "images") -> np.ndarray:
+    x = np.asarray(images)
+    height, width, channels = self.image_shape
+    if x.ndim == 3 and channels == 1:
+      x = x[..., None]  # (N, H, W) grey images are welcome.
+    if x.ndim != 4:
+      raise errors.InputError(
+        f"{name}: expected shape (N, {height}, {width}, {channels}), got {x.shape}"
+      )
+    allowed = {(height, width)}
+    if self.config.task.name == "superres":
+      factor = self.config.task.superres_factor
+      allowed.add((height // factor, width // factor))
+    if tuple(x.shape[1:3]) not in allowed or x.shape[3] != channels:
+      sizes = " or ".join(f"(N, {h}, {w}, {channels})" for h, w in sorted(allowed))
+      raise errors.InputError(f"{name}: expected shape {sizes}, got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+      raise errors.InputError(
+        f"{name}: dtype {x.dtype}; expected floating point values in [0, 1] "
+        "(divide uint8 images by 255)"
+      )
+    if not np.all(np.isfinite(x)):
+      raise errors.InputError(f"{name}: contains NaN or inf")
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+      raise errors.InputError(
+        f"{name}: values must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]"
+      )
+    return x.astype(np.float32)
+
+  def _check_latents(self, latents) -> np.ndarray:
+    z = np.asarray(latents)
+    if z.ndim != 2 or z.shape[1] != self.latent_dim:
+      raise errors.InputError(f"latents: expected shape (N, {self.latent_dim}), got {z.shape}")
+    if not np.issubdtype(z.dtype, np.floating) or not np.all(np.isfinite(z)):
+      raise errors.InputError("latents: expected finite floating point values")
+    return z.astype(np.float32)
+
+  def _check_labels(self, labels, n: int) -> np.ndarray | None:
+    if not self.num_classes:
+      if labels is not None:
+        raise errors.InputError("labels: this model is not conditional; pass labels=None")
+      return None
+    if labels is None:
+      raise errors.InputError(
+        f"labels: this conditional model needs one class label in [0, {self.num_classes}) per image"
+      )
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+      raise errors.InputError(f"labels: expected {n} integers, got shape {y.shape} {y.dtype}")
+    if n and (y.min() < 0 or y.max() >= self.num_classes):
+      raise errors.InputError(f"labels: values must lie in [0, {self.num_classes})")
+    return y.astype(np.int32)
+
+  def _chunked(self, fn, *arrays):
+    """Applies fn to chunks of the leading axis and concatenates the (pytree) results.
+
+    Each chunk is zero-padded to a power of two (at least 16), so any number
+    of images compiles at most a handful of shapes instead of one per size.
+    """
+    n = len(arrays[0])
+    outs = []
+    for start in range(0, n, _CHUNK):
+      size = min(_CHUNK, n - start)
+      padded = max(16, 1 << (size - 1).bit_length())
+      part = [None if a is None else _pad(a[start : start + size], padded) for a in arrays]
+      outs.append(jax.tree.map(lambda x, size=size: x[:size], jax.device_get(fn(*part))))
+    if not outs:
+      raise errors.InputError("no images given (N = 0)")
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+  # -- the API ------------------------------------------------------------
+
+  def posterior(self, images, labels=None) -> tuple[np.ndarray, np.ndarray]:
+    """VAEs: the mean and log-variance of q(z|x), each (N, latent_dim)."""
+    if not self.is_variational:
+      raise errors.InputError("posterior: this model is a plain autoencoder, not a VAE")
+    x = self._check_images(images)
+    y = self._check_labels(labels, len(x))
+    out = self._chunked(lambda a, b: self._encode(self.params, a, b), x, y)
+    return out["mean"], out["logvar"]
+
+  def encode(self, images, labels=None) -> np.ndarray:
+    """The embedding of each image, (N, latent_dim): z for an AE, the posterior mean for a VAE."""
+    x = self._check_images(images)
+    y = self._check_labels(labels, len(x))
+    out = self._chunked(lambda a, b: self._encode(self.params, a, b), x, y)
+    return out["mean"] if self.is_variational else out["z"]
+
+  def decode(self, latents, labels=None) -> np.ndarray:
+    """Images (N, H, W, C) in [0, 1]: the decoder's mean, sigmoid(logits)."""
+    z = self._check_latents(latents)
+    y = self._check_labels(labels, len(z))
+    return self._chunked(lambda a, b: jax.nn.sigmoid(self._decode(self.params, a, b)), z, y)
+
+  def reconstruct(self, images, labels=None) -> np.ndarray:
+    """decode(encode(images)): the deterministic reconstruction (posterior mean for a VAE)."""
+    return self.decode(self.encode(images, labels), labels)
+
+  def generate(self, n: int, seed: int = 0, labels=None) -> np.ndarray:
+    """VAEs: n images decoded from z ~ N(0, I) drawn with `seed`."""
+    if not self.is_variational:
+      raise errors.InputError(
+        "generate: a plain autoencoder has no prior to sample from; train a VAE"
+      )
+    if not isinstance(n, int | np.integer) or n < 1:
+      raise errors.InputError(f"n: expected a positive integer, got {n!r}")
+    z = np.asarray(jax.random.normal(jax.random.key(seed), (int(n), self.latent_dim)))
+    return self.decode(z, labels)
+
+  def log_likelihood(self, images, latents, labels=None) -> np.ndarray:
+    """log p(x | z) of each image under the decoder, summed over pixels: (N,), nats."""
+    x = self._check_images(images)
+    z = self._check_latents(latents)
+    if len(z) != len(x):
+      raise errors.InputError(f"latents: {len(z)} latents for {len(x)} images")
+    y = self._check_labels(labels, len(x))
+    likelihood = self.config.model.likelihood
+    fixed_log_scale = jnp.asarray(self.config.model.log_scale, jnp.float32)
+
+    def fn(x, z, y):
+      logits = self._decode(self.params, z, y)
+      log_scale = fixed_log_scale
+      if self.config.model.learn_log_scale:
+        log_scale = self.params["likelihood"]["log_scale"]
+      return -losses.reconstruction_nll(likelihood, logits, x, log_scale)
+
+    return self._chunked(fn, x, z, y)
+
+
+def load(workdir: str | pathlib.Path, step: int | None = None) -> TrainedModel:
+  """The model trained in `workdir`, restored from its newest checkpoint (or `step`)."""
+  workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    raise errors.CheckpointError(f"workdir {workdir} does not exist")
+  for name in ("config.json", train.RUN_INFO_FILE):
+    if not (workdir / name).is_file():
+      raise errors.CheckpointError(
+        f"{workdir / name} is missing: not an aejax workdir, or training never started"
+      )
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  run_info = json.loads((workdir / train.RUN_INFO_FILE).read_text())
+  image_shape = tuple(run_info["image_shape"])
+
+  ckpt_dir = workdir.absolute() / "checkpoints"
+  if not ckpt_dir.is_dir():
+    raise errors.CheckpointError(f"{ckpt_dir} does not exist: no checkpoint was saved")
+  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise errors.CheckpointError(f"{ckpt_dir} holds no checkpoint")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise errors.CheckpointError(
+      f"no checkpoint for step {step} in {ckpt_dir}; available: {', '.join(map(str, steps))}"
+    )
+
+  # The abstract state (shapes only) of this config, on one device, to restore into.
+  model = models.build_model(config.model, image_shape)
+  tx = optim.make_optimizer(config.optimizer, max(1, config.total_steps))
+  mesh = train.make_mesh(jax.devices()[:1])
+  abstract = jax.eval_shape(
+    lambda: train.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
+  )
+  sharding = train.replicated(mesh)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
+  )
+  try:
+    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except (ValueError, KeyError, TypeError) as e:
+    raise errors.CheckpointError(
+      f"checkpoint {step} in {ckpt_dir} does not match {workdir / 'config.json'} "
+      f"(model {config.model.name}, image shape {image_shape}): {e}"
+    ) from e
+  return TrainedModel(config, state.params, image_shape, step)

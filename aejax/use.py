@@ -1,0 +1,164 @@
+"""Command line for trained models: encode, decode, generate, reconstruct, figures, task metrics.
+
+  python -m aejax.use encode --workdir=W (--images=x.npy | --data=mnist [--split=test]) --out=z.npy
+  python -m aejax.use decode --workdir=W --latents=z.npy --out=x.npy [--png=x.png]
+  python -m aejax.use generate --workdir=W --n=64 [--seed=0] [--label=3] --out=s.npy [--png=s.png]
+  python -m aejax.use reconstruct --workdir=W (--images=x.npy | --data=NAME) --out=r.npy [--png=P]
+  python -m aejax.use figures --workdir=W [--data=NAME --split=SPLIT]
+  python -m aejax.use task_metrics --workdir=W --data=fashion_mnist [--name=NAME]
+
+All take --step=N (default: the newest checkpoint). Images are .npy arrays
+of shape (N, H, W[, C]) with values in [0, 1]; --data loads a data set the
+way training does (AEJAX_DATA_DIR or --data_dir, else tfds). Errors are one
+line, exit status 2.
+"""
+
+import argparse
+import logging
+import pathlib
+import sys
+
+import numpy as np
+
+from aejax import api, data, errors, figures
+
+
+def _load_images(args, handle: api.TrainedModel):
+  """(images, labels) from --images/--labels or from --data/--split."""
+  if args.images:
+    path = pathlib.Path(args.images)
+    if not path.is_file():
+      raise errors.InputError(f"--images: {path} does not exist")
+    try:
+      images = np.load(path, allow_pickle=False)
+    except ValueError as e:
+      raise errors.InputError(f"--images: {path} is not a NumPy .npy array: {e}") from e
+    labels = np.load(args.labels, allow_pickle=False) if args.labels else None
+    return images, labels
+  if args.data:
+    image_set = data.load(
+      args.data, args.split, source="auto", data_dir=args.data_dir or None, limit=args.limit or None
+    )
+    return image_set.images, image_set.labels
+  raise errors.InputError("give --images=FILE.npy or --data=NAME")
+
+
+def _save(out: str, array: np.ndarray) -> None:
+  path = pathlib.Path(out)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp.npy")  # Write then rename: no half-written output.
+  np.save(tmp, array)
+  tmp.replace(path)
+  logging.info("wrote %s %s", path, array.shape)
+
+
+def _conditional_labels(handle, labels):
+  return labels if handle.num_classes else None
+
+
+def run(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(prog="python -m aejax.use", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  commands = {}
+  for name in ("encode", "decode", "generate", "reconstruct", "figures", "task_metrics"):
+    p = sub.add_parser(name)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--png", default=None)
+    p.add_argument("--images", default=None)
+    p.add_argument("--labels", default=None)
+    p.add_argument("--latents", default=None)
+    p.add_argument("--data", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, default=None)
+    p.add_argument("--name", default=None)
+    commands[name] = p
+  args = parser.parse_args(argv)
+  needs_out = {"encode", "decode", "generate", "reconstruct"}
+  if args.command in needs_out and not args.out:
+    commands[args.command].error("--out is required")
+
+  handle = api.load(args.workdir, args.step)
+  if args.command == "encode":
+    images, labels = _load_images(args, handle)
+    _save(args.out, handle.encode(images, _conditional_labels(handle, labels)))
+  elif args.command == "decode":
+    if not args.latents:
+      raise errors.InputError("--latents=FILE.npy is required")
+    latents = np.load(args.latents, allow_pickle=False)
+    labels = np.load(args.labels, allow_pickle=False) if args.labels else None
+    images = handle.decode(latents, labels)
+    _save(args.out, images)
+    if args.png:
+      figures.save_image_grid(args.png, images[:100], title=f"Decoded latents ({args.latents})")
+  elif args.command == "generate":
+    labels = None
+    if handle.num_classes:
+      labels = (
+        np.full(args.n, args.label, np.int32)
+        if args.label is not None
+        else np.arange(args.n, dtype=np.int32) % handle.num_classes
+      )
+    images = handle.generate(args.n, args.seed, labels)
+    _save(args.out, images)
+    if args.png:
+      what = "" if labels is None else f", class {args.label}" if args.label is not None else ""
+      figures.save_image_grid(
+        args.png, images, title=f"{args.n} samples from the prior (seed {args.seed}{what})"
+      )
+  elif args.command == "reconstruct":
+    images, labels = _load_images(args, handle)
+    output = handle.reconstruct(images, _conditional_labels(handle, labels))
+    _save(args.out, output)
+    if args.png:
+      shown = np.asarray(images if np.asarray(images).ndim == 4 else np.asarray(images)[..., None])
+      figures.save_reconstructions(
+        args.png, {"input": shown, "reconstruction": output}, title="Reconstructions"
+      )
+  elif args.command in ("figures", "task_metrics"):
+    from aejax import visualize
+
+    config = handle.config
+    name = args.data or config.data.name
+    split = args.split if args.data else config.data.eval_split
+    image_set = data.load(
+      name,
+      split,
+      source="auto" if args.data else config.data.source,
+      data_dir=args.data_dir or config.data.data_dir or None,
+      limit=args.limit or None,
+    )
+    workdir = pathlib.Path(args.workdir)
+    if args.command == "figures":
+      written = visualize.write_final_outputs(handle, image_set, workdir)
+      logging.info("wrote %s", ", ".join(written))
+    else:
+      if config.task.name not in ("denoise", "superres"):
+        raise errors.InputError(
+          f"task_metrics: the model's task is {config.task.name!r}; only denoise and superres "
+          "have task metrics"
+        )
+      results = visualize.task_metrics(
+        handle, image_set, workdir, name=args.name or f"task_metrics_{name}"
+      )
+      print((workdir / f"{args.name or f'task_metrics_{name}'}.md").read_text())
+      del results
+
+
+def main() -> None:
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  try:
+    run(sys.argv[1:])
+  except (errors.InputError, errors.CheckpointError, errors.ConfigError, data.DataError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,228 @@
+"""The pictures and task numbers of a trained model: latent grid and scatter, interpolation,
+latent noise, class grid, and PSNR/SSIM for denoising and super-resolution.
+
+`write_final_outputs(handle, eval_set, workdir)` writes everything that applies
+to the model; the trainer calls it after the last step, and `python -m
+aejax.use figures --workdir=DIR` calls it on any finished workdir.
+"""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtri
+
+from aejax import data, figures, image_metrics, tasks
+from aejax.api import TrainedModel
+
+GRID_SIZE = 20  # The latent grid: 20 x 20 decoded images.
+GRID_QUANTILES = (0.05, 0.95)  # ... over these central quantiles of each latent's marginal.
+NOISE_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0)  # Latent noise, in units of the latents' std.
+
+
+def _labels_for(handle: TrainedModel, labels: np.ndarray | None) -> np.ndarray | None:
+  return labels if handle.num_classes else None
+
+
+def _title(handle: TrainedModel) -> str:
+  c = handle.config
+  return f"{c.model.name} on {c.data.name}, step {handle.step}"
+
+
+def latent_grid(handle: TrainedModel, workdir: pathlib.Path, z_test: np.ndarray) -> pathlib.Path:
+  """2-D latents: decode a regular grid into one picture of digits morphing into each other.
+
+  A VAE's grid spans the central quantiles of the prior N(0, 1) per axis (the
+  Keras-blog manifold); a plain AE has no prior, so its grid spans the same
+  quantiles of the test latents.
+  """
+  lo, hi = GRID_QUANTILES
+  if handle.is_variational:
+    values = np.asarray(ndtri(jnp.linspace(lo, hi, GRID_SIZE)))
+    z1_values = z2_values = values
+    where = f"prior quantiles {lo:.2f}-{hi:.2f}"
+  else:
+    z1_values = np.quantile(z_test[:, 0], np.linspace(lo, hi, GRID_SIZE))
+    z2_values = np.quantile(z_test[:, 1], np.linspace(lo, hi, GRID_SIZE))
+    where = f"test-latent quantiles {lo:.2f}-{hi:.2f}"
+  z1, z2 = np.meshgrid(z1_values, z2_values)  # z1 varies along columns, z2 along rows.
+  z = np.stack([z1.ravel(), z2.ravel()], axis=-1).astype(np.float32)
+  labels = np.zeros(len(z), np.int32) if handle.num_classes else None
+  images = handle.decode(z, labels).reshape(GRID_SIZE, GRID_SIZE, *handle.image_shape)
+  return figures.save_latent_grid(
+    workdir / "latent_grid.png",
+    images,
+    z1_values,
+    z2_values,
+    title=f"Latent grid ({where}): {_title(handle)}",
+  )
+
+
+def class_grid(handle: TrainedModel, workdir: pathlib.Path, per_class: int = 10) -> pathlib.Path:
+  """Conditional models: one row per class, the same `per_class` prior draws in every row."""
+  z = np.asarray(jax.random.normal(jax.random.key(0), (per_class, handle.latent_dim)))
+  rows = []
+  for k in range(handle.num_classes):
+    rows.append(handle.decode(z, np.full(per_class, k, np.int32)))
+  return figures.save_reconstructions(
+    workdir / "class_grid.png",
+    {f"class {k}": r for k, r in enumerate(rows)},
+    title=f"Generation by class (columns share z): {_title(handle)}",
+    max_images=per_class,
+  )
+
+
+def interpolation(
+  handle: TrainedModel,
+  workdir: pathlib.Path,
+  images: np.ndarray,
+  labels,
+  pairs: int = 8,
+  steps: int = 10,
+) -> pathlib.Path:
+  """Linear paths in latent space between pairs of test images (image 2i -> image 2i + 1)."""
+  pairs = min(pairs, len(images) // 2)
+  start, end = images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2]
+  y = _labels_for(handle, labels)
+  y_start = None if y is None else y[0 : 2 * pairs : 2]
+  z0 = handle.encode(start, y_start)
+  z1 = handle.encode(end, None if y is None else y[1 : 2 * pairs : 2])
+  t = np.linspace(0.0, 1.0, steps, dtype=np.float32)
+  z = (1 - t)[None, :, None] * z0[:, None] + t[None, :, None] * z1[:, None]
+  y_path = None if y is None else np.repeat(y_start, steps)
+  decoded = handle.decode(z.reshape(-1, handle.latent_dim), y_path)
+  rows = decoded.reshape(pairs, steps, *handle.image_shape)
+  return figures.save_interpolation(
+    workdir / "interpolation.png",
+    rows,
+    title=f"Latent interpolation between test images: {_title(handle)}",
+  )
+
+
+def latent_noise(
+  handle: TrainedModel,
+  workdir: pathlib.Path,
+  images: np.ndarray,
+  labels,
+  z_test: np.ndarray,
+  count: int = 10,
+) -> pathlib.Path:
+  """The lesson's task 2: add noise of growing scale to the latents of real digits and decode."""
+  y = _labels_for(handle, labels)
+  y = None if y is None else y[:count]
+  z = handle.encode(images[:count], y)
+  latent_std = float(np.mean(np.std(z_test, axis=0)))
+  noise = np.asarray(jax.random.normal(jax.random.key(1), z.shape))
+  scales = [s * latent_std for s in NOISE_SCALES]
+  rows = np.stack([handle.decode((z + s * noise).astype(np.float32), y) for s in scales])
+  return figures.save_latent_noise(
+    workdir / "latent_noise.png",
+    rows,
+    scales,
+    title=f"Decoding noisy latents (mean latent std {latent_std:.2f}): {_title(handle)}",
+  )
+
+
+def task_metrics(
+  handle: TrainedModel, eval_set: data.ImageSet, workdir: pathlib.Path, name: str = "task_metrics"
+) -> dict:
+  """Denoising / super-resolution: PSNR and SSIM of the baseline and of the model vs the target.
+
+  Baselines: the noisy input itself (denoising) and bicubic upsampling of the
+  low-resolution input (super-resolution). The corruption is drawn with a
+  fixed key, so the numbers are reproducible. Writes NAME.json and NAME.md.
+  """
+  task = handle.config.task.name
+  if task not in ("denoise", "superres"):
+    return {}
+  totals: dict[str, float] = {}
+  count = len(eval_set.images)
+  height, width, _ = handle.image_shape
+  for start in range(0, count, 1000):
+    x = eval_set.images[start : start + 1000]
+    y = None if eval_set.labels is None else eval_set.labels[start : start + 1000]
+    batch = tasks.make_batch(jax.random.fold_in(jax.random.key(0), start), x, None, handle.config)
+    inputs, target = np.asarray(batch["input"]), np.asarray(batch["target"])
+    output = handle.reconstruct(inputs, _labels_for(handle, y))
+    if task == "denoise":
+      baseline = inputs
+    else:
+      baseline = np.asarray(image_metrics.bicubic_upsample(inputs, height, width))
+    for label, images in (("baseline", baseline), ("model", output)):
+      for metric, fn in (("psnr", image_metrics.psnr), ("ssim", image_metrics.ssim)):
+        key = f"{label}_{metric}"
+        totals[key] = totals.get(key, 0.0) + float(jnp.sum(fn(images, target)))
+  results = {k: v / count for k, v in totals.items()}
+  baseline_name = "noisy input" if task == "denoise" else "bicubic upsampling"
+  results.update(
+    task=task,
+    baseline=baseline_name,
+    data=eval_set.name,
+    split=eval_set.split,
+    images=count,
+    step=handle.step,
+  )
+  (workdir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+  lines = [
+    f"# {task} on {eval_set.name}/{eval_set.split} ({count} images), "
+    f"{handle.config.model.name} at step {handle.step}",
+    "",
+    "| | PSNR (dB) | SSIM |",
+    "|---|---|---|",
+    f"| {baseline_name} | {results['baseline_psnr']:.2f} | {results['baseline_ssim']:.4f} |",
+    f"| aejax model | {results['model_psnr']:.2f} | {results['model_ssim']:.4f} |",
+  ]
+  (workdir / f"{name}.md").write_text("\n".join(lines) + "\n")
+  return results
+
+
+def superres_from_noise(handle: TrainedModel, workdir: pathlib.Path, count: int = 10):
+  """The lesson's 'super-resolution from pure noise': uniform noise as the low-res input."""
+  height, width, channels = handle.image_shape
+  factor = handle.config.task.superres_factor
+  noise = np.asarray(
+    jax.random.uniform(jax.random.key(2), (count, height // factor, width // factor, channels))
+  )
+  labels = np.arange(count, dtype=np.int32) % handle.num_classes if handle.num_classes else None
+  return figures.save_reconstructions(
+    workdir / "superres_from_noise.png",
+    {"noise input": noise, "output": handle.reconstruct(noise, labels)},
+    title=f"{factor}x super-resolution of pure noise: {_title(handle)}",
+  )
+
+
+def write_final_outputs(handle: TrainedModel, eval_set: data.ImageSet, workdir) -> list[str]:
+  """Every figure and table that applies to this model; returns the names written."""
+  workdir = pathlib.Path(workdir)
+  written = []
+  images, labels = eval_set.images, eval_set.labels
+  if handle.num_classes and labels is None:
+    return written
+  # Latents of the whole split; the task's input for superres would be smaller, so encode the
+  # clean images, which every model accepts.
+  z_test = handle.encode(images, _labels_for(handle, labels))
+  if handle.latent_dim == 2:
+    written.append(latent_grid(handle, workdir, z_test).name)
+  if labels is not None:
+    written.append(
+      figures.save_latent_scatter(
+        workdir / "latent_scatter.png",
+        z_test,
+        labels,
+        title=f"Test latents ({'posterior means' if handle.is_variational else 'codes'}): "
+        f"{_title(handle)}",
+      ).name
+    )
+  if len(images) >= 2:
+    written.append(interpolation(handle, workdir, images, labels).name)
+  written.append(latent_noise(handle, workdir, images, labels, z_test).name)
+  if handle.num_classes:
+    written.append(class_grid(handle, workdir).name)
+  if handle.config.task.name in ("denoise", "superres"):
+    task_metrics(handle, eval_set, workdir)
+    written += ["task_metrics.json", "task_metrics.md"]
+  if handle.config.task.name == "superres":
+    written.append(superres_from_noise(handle, workdir).name)
+  return written
