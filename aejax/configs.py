@@ -75,6 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.num_figure_images = 10
   c.final_figures = True  # After the last step: latent grid/scatter, interpolation, task metrics.
+  c.scatter_method = "pca"  # Latent scatter above 2-D: "pca" or "tsne" (slower).
   c.progress_bar = True
   return c
 
@@ -127,6 +128,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
       "model.likelihood",
       f"unknown likelihood {c.model.likelihood!r}; valid: {', '.join(losses.LIKELIHOODS)}",
     )
+  if c.scatter_method not in ("pca", "tsne"):
+    _fail("scatter_method", f"unknown method {c.scatter_method!r}; valid: pca, tsne")
   if c.objective.beta < 0:
     _fail("objective.beta", f"must be >= 0, got {c.objective.beta}")
   if c.optimizer.name not in optim.OPTIMIZERS:

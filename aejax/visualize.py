@@ -211,6 +211,7 @@ def write_final_outputs(handle: TrainedModel, eval_set: data.ImageSet, workdir) 
         workdir / "latent_scatter.png",
         z_test,
         labels,
+        method=handle.config.get("scatter_method", "pca"),
         title=f"Test latents ({'posterior means' if handle.is_variational else 'codes'}): "
         f"{_title(handle)}",
       ).name
