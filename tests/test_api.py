@@ -7,30 +7,18 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import tiny_digits_config
 
 import aejax
-from aejax import configs, data, errors, train
+from aejax import data, errors, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _digits_config(**model):
-  c = configs.default_config()
-  c.data.name = "digits"
-  c.model.name = "dense_vae"
-  c.model.latent_dim = 2
-  c.model.hidden_widths = (64,)
-  for k, v in model.items():
-    c.model[k] = v
-  c = configs.make_tiny(c)
-  c.final_figures = False
-  return c
 
 
 @pytest.fixture(scope="module")
 def vae_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("vae")
-  train.train_and_evaluate(_digits_config(), str(workdir))
+  train.train_and_evaluate(tiny_digits_config(), str(workdir))
   return workdir
 
 
@@ -112,7 +100,7 @@ def test_checkpoint_errors(vae_workdir, tmp_path):
 
 
 def test_plain_autoencoder_has_no_prior(tmp_path, digits):
-  train.train_and_evaluate(_digits_config(name="dense_ae", latent_dim=4), str(tmp_path))
+  train.train_and_evaluate(tiny_digits_config(name="dense_ae", latent_dim=4), str(tmp_path))
   model = aejax.load(tmp_path)
   assert model.encode(digits.images[:3]).shape == (3, 4)
   with pytest.raises(errors.InputError, match="no prior"):
@@ -122,7 +110,7 @@ def test_plain_autoencoder_has_no_prior(tmp_path, digits):
 
 
 def test_conditional_vae_generates_the_requested_digit(tmp_path, digits):
-  c = _digits_config(num_classes=10, hidden_widths=(128,))
+  c = tiny_digits_config(num_classes=10, hidden_widths=(128,))
   c.total_steps = 600
   c.data.train_limit = 0  # All 1,437 training digits.
   c.eval_every_steps = c.checkpoint_every_steps = 600

@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_digits_config
 from scipy import stats
 
-from aejax import configs, errors, train
+from aejax import errors, train
 from aejax import evaluate as ev
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -173,25 +174,10 @@ def test_bits_per_dim_and_dequantisation():
 # End to end on tiny trained workdirs (the embedded 8x8 digits; 8-bit MNIST for bits/dim).
 
 
-def _digits_config(total_steps: int = 16, **model):
-  c = configs.default_config()
-  c.data.name = "digits"
-  c.model.name = "dense_vae"
-  c.model.latent_dim = 2
-  c.model.hidden_widths = (64,)
-  for k, v in model.items():
-    c.model[k] = v
-  c = configs.make_tiny(c)
-  c.final_figures = False
-  # One evaluation and checkpoint at the end: training is not what is tested here.
-  c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = total_steps
-  return c
-
-
 @pytest.fixture(scope="module")
 def vae_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("vae")
-  train.train_and_evaluate(_digits_config(), str(workdir))
+  train.train_and_evaluate(tiny_digits_config(16), str(workdir))
   return workdir
 
 
@@ -271,7 +257,7 @@ def test_evaluate_cli(vae_workdir, vae_results):
 
 def test_evaluate_plain_autoencoder(tmp_path):
   train.train_and_evaluate(
-    _digits_config(total_steps=4, name="dense_ae", latent_dim=4), str(tmp_path)
+    tiny_digits_config(total_steps=4, name="dense_ae", latent_dim=4), str(tmp_path)
   )
   results = ev.evaluate(tmp_path, limit=50, probe_train_size=200)
   for key in ("recon", "bce_per_pixel", "mse", "psnr", "ssim", "linear_probe_accuracy"):
@@ -289,7 +275,7 @@ def test_evaluate_bad_arguments(vae_workdir, tmp_path):
 
 
 def test_gaussian_decoder_on_8bit_mnist_gets_bits_per_dim(tmp_path, data_dir):
-  c = _digits_config(total_steps=1, likelihood="gaussian", log_scale=-1.0)
+  c = tiny_digits_config(total_steps=1, likelihood="gaussian", log_scale=-1.0)
   c.data.name, c.data.data_dir = "mnist", str(data_dir)
   train.train_and_evaluate(c, str(tmp_path))
   results = ev.evaluate(tmp_path, nll_samples=8, limit=16, probe_train_size=0)
