@@ -26,6 +26,14 @@ from aejax import errors, losses, models, optim, train
 _CHUNK = 1024  # Images per jitted call: bounded memory whatever the input size.
 
 
+def _as_array(value, name: str) -> np.ndarray:
+  """np.asarray(value), with ragged or unconvertible input as an InputError."""
+  try:
+    return np.asarray(value)
+  except (ValueError, TypeError) as e:
+    raise errors.InputError(f"{name}: not an array of numbers ({e})") from e
+
+
 def _pad(x: np.ndarray, size: int) -> np.ndarray:
   return (
     np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)]) if len(x) < size else x
@@ -50,13 +58,14 @@ class TrainedModel:
   # -- input checks -------------------------------------------------------
 
   def _check_images(self, images, name: str = "images") -> np.ndarray:
-    x = np.asarray(images)
+    x = _as_array(images, name)
+    given = x.shape
     height, width, channels = self.image_shape
     if x.ndim == 3 and channels == 1:
       x = x[..., None]  # (N, H, W) grey images are welcome.
     if x.ndim != 4:
       raise errors.InputError(
-        f"{name}: expected shape (N, {height}, {width}, {channels}), got {x.shape}"
+        f"{name}: expected shape (N, {height}, {width}, {channels}), got {given}"
       )
     allowed = {(height, width)}
     if self.config.task.name == "superres":
@@ -64,7 +73,7 @@ class TrainedModel:
       allowed.add((height // factor, width // factor))
     if tuple(x.shape[1:3]) not in allowed or x.shape[3] != channels:
       sizes = " or ".join(f"(N, {h}, {w}, {channels})" for h, w in sorted(allowed))
-      raise errors.InputError(f"{name}: expected shape {sizes}, got {x.shape}")
+      raise errors.InputError(f"{name}: expected shape {sizes}, got {given}")
     if not np.issubdtype(x.dtype, np.floating):
       raise errors.InputError(
         f"{name}: dtype {x.dtype}; expected floating point values in [0, 1] "
@@ -79,7 +88,7 @@ class TrainedModel:
     return x.astype(np.float32)
 
   def _check_latents(self, latents) -> np.ndarray:
-    z = np.asarray(latents)
+    z = _as_array(latents, "latents")
     if z.ndim != 2 or z.shape[1] != self.latent_dim:
       raise errors.InputError(f"latents: expected shape (N, {self.latent_dim}), got {z.shape}")
     if not np.issubdtype(z.dtype, np.floating) or not np.all(np.isfinite(z)):
@@ -95,7 +104,7 @@ class TrainedModel:
       raise errors.InputError(
         f"labels: this conditional model needs one class label in [0, {self.num_classes}) per image"
       )
-    y = np.asarray(labels)
+    y = _as_array(labels, "labels")
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
       raise errors.InputError(f"labels: expected {n} integers, got shape {y.shape} {y.dtype}")
     if n and (y.min() < 0 or y.max() >= self.num_classes):
@@ -153,8 +162,10 @@ class TrainedModel:
       raise errors.InputError(
         "generate: a plain autoencoder has no prior to sample from; train a VAE"
       )
-    if not isinstance(n, int | np.integer) or n < 1:
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
       raise errors.InputError(f"n: expected a positive integer, got {n!r}")
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+      raise errors.InputError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
     z = np.asarray(jax.random.normal(jax.random.key(seed), (int(n), self.latent_dim)))
     return self.decode(z, labels)
 
@@ -188,20 +199,27 @@ def load(workdir: str | pathlib.Path, step: int | None = None) -> TrainedModel:
       raise errors.CheckpointError(
         f"{workdir / name} is missing: not an aejax workdir, or training never started"
       )
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  run_info = json.loads((workdir / train.RUN_INFO_FILE).read_text())
-  image_shape = tuple(run_info["image_shape"])
+  try:
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    run_info = json.loads((workdir / train.RUN_INFO_FILE).read_text())
+    image_shape = tuple(int(d) for d in run_info["image_shape"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise errors.CheckpointError(
+      f"{workdir}: unreadable config.json or {train.RUN_INFO_FILE} ({type(e).__name__}: {e})"
+    ) from e
 
   ckpt_dir = workdir.absolute() / "checkpoints"
   if not ckpt_dir.is_dir():
     raise errors.CheckpointError(f"{ckpt_dir} does not exist: no checkpoint was saved")
-  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(
+    ckpt_dir,
+    item_handlers=ocp.StandardCheckpointHandler(),  # As train.checkpoint_manager: one item.
+    options=ocp.CheckpointManagerOptions(read_only=True),
+  )
   steps = sorted(manager.all_steps())
   if not steps:
     raise errors.CheckpointError(f"{ckpt_dir} holds no checkpoint")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise errors.CheckpointError(
       f"no checkpoint for step {step} in {ckpt_dir}; available: {', '.join(map(str, steps))}"
     )
@@ -218,10 +236,17 @@ def load(workdir: str | pathlib.Path, step: int | None = None) -> TrainedModel:
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
   )
   try:
-    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except (ValueError, KeyError, TypeError) as e:
+    if step is None:
+      # The newest intact checkpoint: a damaged newer one is reported and skipped, not renamed
+      # (loading never changes the workdir).
+      state = train.restore_latest(manager, abstract, set_aside=False)
+    else:
+      state = train.restore_checkpoint(manager, step, abstract)
+  except errors.CheckpointError as e:
+    manager.close()
     raise errors.CheckpointError(
-      f"checkpoint {step} in {ckpt_dir} does not match {workdir / 'config.json'} "
-      f"(model {config.model.name}, image shape {image_shape}): {e}"
+      f"{workdir / 'config.json'} (model {config.model.name}, image shape {image_shape}) "
+      f"does not match the checkpoints in {ckpt_dir}, or they are damaged: {e}"
     ) from e
-  return TrainedModel(config, state.params, image_shape, step)
+  manager.close()
+  return TrainedModel(config, state.params, image_shape, int(state.step))

@@ -6,11 +6,15 @@ works for all of them). Numbers derived from others (steps per epoch,
 per-device batch) are computed by the trainer, never stored here.
 """
 
+import difflib
+import math
+
 import ml_collections
 
 from aejax import errors, losses, models, optim, tasks
 
 DATA_SOURCES = ("auto", "tfds", "idx", "amat", "digits")
+OBJECTIVES = ("elbo", "iwae")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -50,6 +54,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 0  # > 0: conditional model (one-hot label into encoder and decoder).
 
   c.objective = ml_collections.ConfigDict()
+  # VAEs: "elbo" (one or num_samples reparameterised samples, analytic KL) or "iwae" (the
+  # num_samples importance-weighted bound of Burda et al.). See train.per_image_losses.
+  c.objective.name = "elbo"
+  c.objective.num_samples = 1  # k: samples of z per image in the training objective.
   c.objective.beta = 1.0  # KL weight (VAEs); 1 is the ELBO.
   c.objective.kl_warmup_steps = 0  # Linear ramp of the KL weight from 0 over this many steps.
 
@@ -68,6 +76,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.rmsprop_decay = 0.9
   c.optimizer.grad_clip_norm = 0.0  # > 0: clip gradients to this global norm.
 
+  # Training steps fused into one device dispatch (a loop inside jit); dispatches also end at
+  # every log, eval and checkpoint boundary. 1 gives the plain one-step-per-dispatch loop.
+  c.steps_per_dispatch = 100
+  # A NaN/inf loss or gradient: "stop" (default) ends the run naming the step; "skip" drops
+  # that update and counts it (train/skipped_steps). Neither ever applies the bad update.
+  c.nonfinite = "stop"
   c.log_every_steps = 100
   c.eval_every_steps = 0  # 0: once per epoch (and always at the end).
   c.checkpoint_every_steps = 0  # 0: once per epoch (and always at the end).
@@ -84,8 +98,126 @@ def _fail(field: str, message: str):
   raise errors.ConfigError(f"config.{field}: {message}")
 
 
+# The type and range of every numeric field, checked before anything else so that the checks
+# after them compare numbers: (field, int or float, minimum, maximum), None for unbounded. Ints
+# stop at 2**31 - 1, where int32 step counters and XLA dimensions stop; floats must be finite.
+_INT_MAX = 2**31 - 1
+_NUMBERS = (
+  ("seed", int, 0, 2**32 - 1),
+  ("batch_size", int, 1, _INT_MAX),
+  ("num_epochs", int, 0, _INT_MAX),
+  ("total_steps", int, 0, _INT_MAX),
+  ("data.train_limit", int, 0, _INT_MAX),
+  ("data.eval_limit", int, 0, _INT_MAX),
+  ("task.noise_mean", float, None, None),
+  ("task.noise_std", float, 0, None),
+  ("task.noise_amount", float, 0, 1),
+  ("task.superres_factor", int, 1, _INT_MAX),
+  ("model.latent_dim", int, 1, _INT_MAX),
+  ("model.log_scale", float, None, None),
+  ("model.num_classes", int, 0, _INT_MAX),
+  ("objective.beta", float, 0, None),
+  ("objective.kl_warmup_steps", int, 0, _INT_MAX),
+  ("objective.num_samples", int, 1, _INT_MAX),
+  ("optimizer.learning_rate", float, 0, None),
+  ("optimizer.warmup_steps", int, 0, _INT_MAX),
+  ("optimizer.b1", float, 0, 1),
+  ("optimizer.b2", float, 0, 1),
+  ("optimizer.eps", float, 0, None),
+  ("optimizer.weight_decay", float, 0, None),
+  ("optimizer.momentum", float, 0, 1),
+  ("optimizer.rmsprop_decay", float, 0, 1),
+  ("optimizer.grad_clip_norm", float, 0, None),
+  ("steps_per_dispatch", int, 1, _INT_MAX),
+  ("log_every_steps", int, 0, _INT_MAX),
+  ("eval_every_steps", int, 0, _INT_MAX),
+  ("checkpoint_every_steps", int, 0, _INT_MAX),
+  ("keep_checkpoints", int, 1, _INT_MAX),
+  ("eval_batch_size", int, 1, _INT_MAX),
+  ("num_figure_images", int, 1, _INT_MAX),
+)
+# Fields holding a sequence of numbers: (field, int or float, minimum of each entry).
+_SEQUENCES = (
+  ("model.hidden_widths", int, 1),
+  ("model.conv_channels", int, 1),
+  ("optimizer.piecewise_boundaries", int, 0),
+  ("optimizer.piecewise_scales", float, 0),
+)
+_BOOLS = ("data.dynamic_binarization", "model.learn_log_scale", "final_figures", "progress_bar")
+_STRINGS = ("data.name", "data.data_dir", "data.train_split", "data.eval_split")
+
+
+def _get(c: ml_collections.ConfigDict, field: str):
+  for part in field.split("."):
+    c = c[part]
+  return c
+
+
+def _has(c: ml_collections.ConfigDict, field: str) -> bool:
+  for part in field.split("."):
+    if not isinstance(c, ml_collections.ConfigDict) or part not in c:
+      return False
+    c = c[part]
+  return True
+
+
+def _is_number(value, kind) -> bool:
+  if isinstance(value, bool):
+    return False
+  if kind is int:
+    return isinstance(value, int)
+  return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_fields(c, reference, prefix: str = "") -> None:
+  """Every field of `c` exists in the default config, and every default field is in `c`."""
+  for name in c.keys():
+    if name not in reference:
+      close = difflib.get_close_matches(name, list(reference.keys()), n=1)
+      hint = f"did you mean {prefix}{close[0]}? " if close else ""
+      _fail(f"{prefix}{name}", f"unknown field; {hint}valid: {', '.join(reference.keys())}")
+    if isinstance(reference[name], ml_collections.ConfigDict):
+      if not isinstance(c[name], ml_collections.ConfigDict):
+        _fail(f"{prefix}{name}", f"must be a group of fields, got {c[name]!r}")
+      _check_fields(c[name], reference[name], f"{prefix}{name}.")
+  for name in reference.keys():
+    if name not in c:
+      _fail(f"{prefix}{name}", "missing; build configs from aejax.configs.default_config()")
+
+
+def _check_types(c: ml_collections.ConfigDict) -> None:
+  """Unknown or missing fields, and the type and range of every number, flag and name."""
+  _check_fields(c, default_config())
+  for field, kind, low, high in _NUMBERS:
+    if not _has(c, field):  # A field another version of aejax does not have.
+      continue
+    value = _get(c, field)
+    what = "an integer" if kind is int else "a finite number"
+    if not _is_number(value, kind):
+      _fail(field, f"must be {what}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+      bounds = f">= {low}" if high in (None, _INT_MAX) else f"in [{low}, {high}]"
+      _fail(field, f"must be {what} {bounds}, got {value!r}")
+  for field, kind, low in _SEQUENCES:
+    value = _get(c, field)
+    if not isinstance(value, tuple | list) or not all(
+      _is_number(v, kind) and v >= low for v in value
+    ):
+      what = "integers" if kind is int else "finite numbers"
+      _fail(field, f"must be a sequence of {what} >= {low}, got {value!r}")
+  for field in _BOOLS:
+    if not isinstance(_get(c, field), bool):
+      _fail(field, f"must be True or False, got {_get(c, field)!r}")
+  for field in _STRINGS:
+    if not isinstance(_get(c, field), str):
+      _fail(field, f"must be a string, got {_get(c, field)!r}")
+  if not _get(c, "data.name"):
+    _fail("data.name", "must name a data set, got ''")
+
+
 def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
   """Fails fast, before any data loading or compilation, naming the bad field."""
+  _check_types(c)
   for field in ("batch_size", "eval_batch_size"):
     value = c[field]
     if not isinstance(value, int) or value < 1:
@@ -97,6 +229,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
   for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     if c[field] < 0:
       _fail(field, f"must be >= 0, got {c[field]}")
+  if not isinstance(c.steps_per_dispatch, int) or c.steps_per_dispatch < 1:
+    _fail("steps_per_dispatch", f"must be an integer >= 1, got {c.steps_per_dispatch!r}")
+  if c.nonfinite not in ("stop", "skip"):
+    _fail("nonfinite", f"unknown policy {c.nonfinite!r}; valid: stop, skip")
   if c.log_every_steps == 0:
     _fail("log_every_steps", "must be >= 1")
   if c.keep_checkpoints < 1:
@@ -132,6 +268,17 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     _fail("scatter_method", f"unknown method {c.scatter_method!r}; valid: pca, tsne")
   if c.objective.beta < 0:
     _fail("objective.beta", f"must be >= 0, got {c.objective.beta}")
+  if c.objective.name not in OBJECTIVES:
+    _fail(
+      "objective.name", f"unknown objective {c.objective.name!r}; valid: {', '.join(OBJECTIVES)}"
+    )
+  if not isinstance(c.objective.num_samples, int) or c.objective.num_samples < 1:
+    _fail("objective.num_samples", f"must be an integer >= 1, got {c.objective.num_samples!r}")
+  if c.objective.name == "iwae" and (c.objective.beta != 1 or c.objective.kl_warmup_steps):
+    _fail(
+      "objective.beta",
+      "the IWAE bound has no KL term to weight: use beta=1 and kl_warmup_steps=0 with iwae",
+    )
   if c.optimizer.name not in optim.OPTIMIZERS:
     _fail(
       "optimizer.name",
@@ -144,6 +291,42 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     )
   if not c.optimizer.learning_rate > 0:
     _fail("optimizer.learning_rate", f"must be > 0, got {c.optimizer.learning_rate}")
+
+
+def validate_for_data(
+  c: ml_collections.ConfigDict, image_shape, num_train: int, eval_image_shape=None
+) -> None:
+  """The checks that need the loaded data: run after loading it, before building anything."""
+  height, width = int(image_shape[0]), int(image_shape[1])
+  where = f"{c.data.name}/{c.data.train_split}"
+  if c.batch_size > num_train:
+    _fail(
+      "batch_size",
+      f"{c.batch_size} is larger than the training set ({num_train} images of {where}); "
+      "lower it or raise data.train_limit",
+    )
+  if eval_image_shape is not None and tuple(eval_image_shape) != tuple(image_shape):
+    _fail(
+      "data.eval_split",
+      f"images of {c.data.name}/{c.data.eval_split} have shape {tuple(eval_image_shape)}, "
+      f"the training images {tuple(image_shape)}",
+    )
+  factor = c.task.superres_factor
+  if c.task.name == "superres" and (height % factor or width % factor):
+    _fail(
+      "task.superres_factor",
+      f"{factor} does not divide the image size {height}x{width} of {where}",
+    )
+
+
+def validate_objective(c: ml_collections.ConfigDict, is_variational: bool) -> None:
+  """Multi-sample objectives need a posterior to sample from (checked once the model is built)."""
+  if (c.objective.name != "elbo" or c.objective.num_samples > 1) and not is_variational:
+    _fail(
+      "objective.name",
+      f"{c.objective.name!r} with num_samples={c.objective.num_samples} needs a VAE; "
+      f"{c.model.name!r} is a plain autoencoder (use objective.name='elbo', num_samples=1)",
+    )
 
 
 def parse_arg(arg: str | None, valid: tuple[str, ...]) -> set[str]:

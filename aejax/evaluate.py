@@ -1,4 +1,4 @@
-"""Evaluation of a trained workdir: importance-sampled NLL (IWAE bound), ELBO, latents, probes."""
+"""Evaluation of a trained workdir: IWAE-bound NLL, ELBO, latents, probes and FID."""
 
 import functools
 import json
@@ -16,6 +16,7 @@ from absl import app, flags
 
 import aejax
 from aejax import data, errors, image_metrics, losses, tasks, train
+from aejax import fid as fid_lib  # `fid` is evaluate()'s switch.
 
 RESULTS_JSON = "eval_results.json"
 RESULTS_MD = "eval_results.md"
@@ -231,14 +232,8 @@ def _mean_and_stderr(values: np.ndarray) -> tuple[float, float | None]:
 # A trained workdir.
 
 
-def _log_scale(params, config) -> jax.Array:
-  if config.model.learn_log_scale:
-    return params["likelihood"]["log_scale"]
-  return jnp.asarray(config.model.log_scale, jnp.float32)
-
-
 def _make_batch_fn(handle, mesh, ks: Sequence[int], chunk_size: int):
-  """`(params, images, labels, key, dequantised) -> per-image metrics (B,), codes (B, D)`, jitted.
+  """`(params, images, labels, key, dequantised) -> per-image metrics (B,), codes, reconstructions`.
 
   The batch is the task's: tasks.make_batch corrupts (denoise), downsamples
   (superres) or binarizes (dynamic binarization) with the key, so a model is
@@ -255,7 +250,7 @@ def _make_batch_fn(handle, mesh, ks: Sequence[int], chunk_size: int):
     batch = tasks.make_batch(key_task, images, labels, config)
     x_in, target = batch["input"], batch["target"]
     y = batch.get("label") if handle.num_classes else None
-    log_scale = _log_scale(params, config)
+    log_scale = train.likelihood_log_scale(params, config)
 
     def decode(z_BxD):
       return model.apply({"params": params}, z_BxD, y, method="decode")
@@ -284,10 +279,11 @@ def _make_batch_fn(handle, mesh, ks: Sequence[int], chunk_size: int):
       out["recon"] = -log_px_given_z(target, code)
     pixel = losses.per_pixel_metrics(logits, target)
     out.update(bce_per_pixel=pixel["bce_per_pixel"], mse=pixel["mse_per_pixel"], psnr=pixel["psnr"])
-    out["ssim"] = image_metrics.ssim(jax.nn.sigmoid(logits), target)
+    out["reconstruction"] = jax.nn.sigmoid(logits)  # For the FID of the reconstructions.
+    out["ssim"] = image_metrics.ssim(out["reconstruction"], target)
     return out
 
-  # Outputs replicated: small (B,) and (B, D) arrays that every host can then read.
+  # Outputs replicated: (B,), (B, D) and (B, H, W, C) arrays that every host can then read.
   return jax.jit(fn, out_shardings=train.replicated(mesh))
 
 
@@ -353,6 +349,54 @@ def _check_positive(name: str, value, allow_zero: bool = False) -> None:
     )
 
 
+def _fid_results(
+  handle,
+  eval_set: data.ImageSet,
+  reconstructions: np.ndarray,
+  extractor,
+  cache_dir,
+  classifier_steps: int | None,
+  seed: int,
+  load_kwargs: dict,
+) -> tuple[dict, list[str]]:
+  """`fid` (VAEs: prior samples), `fid_reconstructions` and `fid_features`; or a note why not."""
+  name = handle.config.data.name
+  if len(eval_set.images) < 2:
+    return {}, ["fid omitted: it needs at least 2 evaluation images."]
+  if extractor is None:
+    if eval_set.labels is None:
+      return {}, [
+        f"fid omitted: {name} has no labels to train the default aejax classifier on; pass "
+        "fid_extractor (see aejax.fid) to use a feature network of your own."
+      ]
+    # Classifier seed 0 whatever the evaluation seed: every evaluation of a data set shares one
+    # feature network, so their FIDs compare.
+    extractor = fid_lib.classifier_extractor(
+      name, cache_dir=cache_dir, steps=classifier_steps, **load_kwargs
+    )
+  reference = fid_lib.feature_statistics(extractor(eval_set.images))
+  features = {"name": extractor.name}
+  accuracy = getattr(extractor, "test_accuracy", None)
+  if accuracy is not None:
+    features["test_accuracy"] = accuracy
+  features["feature_dim"] = int(reference[0].shape[0])
+  out = {}
+  if handle.is_variational:
+    # N draws z ~ N(0, I) with the evaluation seed, decoded to the decoder's mean sigmoid(logits)
+    # (not Bernoulli samples); a conditional model gets the evaluation images' labels, so the
+    # classes are as frequent as in the reference.
+    labels = eval_set.labels if handle.num_classes else None
+    samples = handle.generate(len(eval_set.images), seed=seed, labels=labels)
+    out["fid"] = fid_lib.frechet_distance(
+      *fid_lib.feature_statistics(extractor(samples)), *reference
+    )
+  out["fid_reconstructions"] = fid_lib.frechet_distance(
+    *fid_lib.feature_statistics(extractor(reconstructions)), *reference
+  )
+  out["fid_features"] = features
+  return out, []
+
+
 def evaluate(
   workdir: str | pathlib.Path,
   *,
@@ -363,6 +407,10 @@ def evaluate(
   batch_size: int = DEFAULT_BATCH_SIZE,
   probe_train_size: int = 10000,
   limit: int | None = None,
+  fid: bool = True,
+  fid_extractor: fid_lib.FeatureExtractor | None = None,
+  fid_cache_dir: str | pathlib.Path | None = None,
+  fid_classifier_steps: int | None = None,
 ) -> dict:
   """Evaluates the newest checkpoint of `workdir` on `split`; writes eval_results.{json,md} there.
 
@@ -386,6 +434,18 @@ def evaluate(
   target, drawn with fixed keys. Images are sharded over all devices in
   batches of `batch_size` (at most the split's size, rounded up to a multiple
   of the device count; the numbers depend on the seed and the batch size).
+
+  With `fid` (see aejax.fid): VAEs get `fid`, the FID between N samples from
+  the prior (the decoder's mean sigmoid(logits), not Bernoulli samples; z
+  drawn with `seed`) and the N evaluation images; every model gets
+  `fid_reconstructions`, the FID between the deterministic reconstructions
+  and the images; `fid_features` names the feature network (and its test
+  accuracy). The features are `fid_extractor`'s, by default those of the
+  small classifier aejax trains on the data set's labelled train split
+  (`fid_classifier_steps`, default fid.default_steps) and caches in
+  `fid_cache_dir` (default $AEJAX_FID_CACHE or ~/.cache/aejax/fid_classifiers).
+  Data sets without labels get no FID unless an extractor is passed. FID is
+  biased upwards at small N: compare numbers at the same N.
   """
   started = time.perf_counter()
   for name, value in (("nll_samples", nll_samples), ("chunk_size", chunk_size)):
@@ -395,6 +455,8 @@ def evaluate(
   _check_positive("seed", seed, allow_zero=True)
   if limit is not None:
     _check_positive("limit", limit)
+  if fid_classifier_steps is not None:
+    _check_positive("fid_classifier_steps", fid_classifier_steps)
   workdir = pathlib.Path(workdir)
   handle = aejax.load(workdir)
   config = handle.config
@@ -498,6 +560,20 @@ def evaluate(
       )
       results["probe_train_size"] = len(train_set.images)
 
+  if fid:
+    fid_results, fid_notes = _fid_results(
+      handle,
+      eval_set,
+      per_image["reconstruction"],
+      fid_extractor,
+      fid_cache_dir,
+      fid_classifier_steps,
+      seed,
+      load_kwargs,
+    )
+    results.update(fid_results)
+    notes += fid_notes
+
   results.update(
     seed=seed,
     split=split,
@@ -517,16 +593,10 @@ def evaluate(
   if notes:
     results["notes"] = notes
   if jax.process_index() == 0:
-    _write(workdir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
-    _write(workdir / RESULTS_MD, markdown_table(results) + "\n")
+    train.write_atomically(workdir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
+    train.write_atomically(workdir / RESULTS_MD, markdown_table(results) + "\n")
   logging.info("wrote %s and %s in %.1f s", RESULTS_JSON, RESULTS_MD, results["seconds"])
   return results
-
-
-def _write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")  # Write then rename: no half-written results.
-  tmp.write_text(text)
-  tmp.replace(path)
 
 
 def _fmt(value: float, stderr: float | None = None, digits: int = 2) -> str:
@@ -590,6 +660,19 @@ def markdown_table(results: dict) -> str:
       f"{_fmt(r['linear_probe_accuracy'], digits=4)} | fraction |",
       f"| {KNN_NEIGHBOURS}-NN accuracy | {_fmt(r['knn_accuracy'], digits=4)} | fraction |",
     ]
+  if "fid_features" in r:
+    features = r["fid_features"]
+    on = f"squared feature distance on {features['name']}"
+    if "test_accuracy" in features:
+      on += f" (classifier test accuracy {features['test_accuracy']:.4f})"
+    n = r["num_images"]
+    if "fid" in r:
+      lines.append(
+        f"| FID, {n} prior samples (decoder means) vs the {n} images | {_fmt(r['fid'])} | {on} |"
+      )
+    lines.append(
+      f"| FID, the {n} reconstructions vs the images | {_fmt(r['fid_reconstructions'])} | {on} |"
+    )
   if r.get("notes"):
     lines += [""] + [f"- {note}" for note in r["notes"]]
   return "\n".join(lines)
@@ -610,6 +693,15 @@ def _define_flags() -> None:
   flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per jitted call.")
   flags.DEFINE_integer("chunk_size", DEFAULT_CHUNK_SIZE, "Importance samples per scan step.")
   flags.DEFINE_integer("probe_train_size", 10000, "Training images for the probes (0: none).")
+  flags.DEFINE_bool("fid", True, "FID of samples (VAEs) and reconstructions (see aejax.fid).")
+  flags.DEFINE_string(
+    "fid_cache_dir",
+    None,
+    f"Cache of FID classifiers (default: ${fid_lib.CACHE_ENV} or {fid_lib.DEFAULT_CACHE_DIR}).",
+  )
+  flags.DEFINE_integer(
+    "fid_classifier_steps", 0, "> 0: FID classifier training steps (default: fid.default_steps)."
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -630,6 +722,9 @@ def main(argv: Sequence[str]) -> None:
       batch_size=f.batch_size,
       probe_train_size=f.probe_train_size,
       limit=f.limit or None,
+      fid=f.fid,
+      fid_cache_dir=f.fid_cache_dir,
+      fid_classifier_steps=f.fid_classifier_steps or None,
     )
   except (errors.CheckpointError, errors.InputError, errors.ConfigError, data.DataError) as error:
     # aejax's documented errors: one line naming the problem, no traceback.

@@ -73,6 +73,18 @@ def sample_gaussian(key: jax.Array, mean_BxD: jax.Array, logvar_BxD: jax.Array) 
   return mean_BxD + jnp.exp(0.5 * logvar_BxD) * eps
 
 
+def log_prior_minus_log_posterior(
+  z_BxD: jax.Array, mean_BxD: jax.Array, logvar_BxD: jax.Array
+) -> jax.Array:
+  """log N(z; 0, I) - log N(z; mean, diag(exp(logvar))) per image: (B,), nats.
+
+  The 0.5 * log(2 pi) of both densities cancels. Leading axes broadcast, so a
+  (K, B, D) stack of samples against (1, B, D) posteriors gives (K, B).
+  """
+  eps = (z_BxD - mean_BxD) * jnp.exp(-0.5 * logvar_BxD)
+  return jnp.sum(0.5 * jnp.square(eps) + 0.5 * logvar_BxD - 0.5 * jnp.square(z_BxD), axis=-1)
+
+
 def per_pixel_metrics(logits: jax.Array, target: jax.Array) -> dict[str, jax.Array]:
   """Per-image means over pixels of BCE and MSE, and PSNR (dB, peak 1), each of shape (B,).
 

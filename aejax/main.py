@@ -1,17 +1,24 @@
 """Command line: python -m aejax.main --config=experiments/NAME.py[:ARG] --workdir=DIR."""
 
 import logging
+import re
 import sys
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from aejax import data, errors, train
+from aejax import configs, data, errors, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.DEFINE_bool(
   "distributed", False, "Call jax.distributed.initialize() first (multi-host runs)."
+)
+flags.DEFINE_bool(
+  "allow_config_change",
+  False,
+  "Resume the checkpoints in --workdir even though their config.json differs from --config.",
 )
 config_flags.DEFINE_config_file(
   "config", None, "Experiment config file, e.g. experiments/quickstart.py:tiny.", lock_config=True
@@ -30,19 +37,94 @@ def main(argv):
 
     jax.distributed.initialize()
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
   except train.TrainingInterrupted as stop:
     logging.warning("%s", stop)
     sys.exit(128 + stop.signum)
-  except (errors.ConfigError, data.DataError) as error:
+  except train.NonFiniteError as error:
+    logging.error("NonFiniteError: %s", error)
+    sys.exit(3)
+  except (errors.ConfigError, errors.CheckpointError, errors.InputError, data.DataError) as error:
     # aejax's documented errors: one line naming the field or file, no traceback.
+    logging.error("%s: %s", type(error).__name__, error)
+    sys.exit(2)
+  except OSError as error:
+    # The environment, not aejax: a full disk or an unwritable workdir; the message names the path.
     logging.error("%s: %s", type(error).__name__, error)
     sys.exit(2)
 
 
+_OVERRIDE = re.compile(r"^--?(no)?config\.")
+
+
+def config_flag_error(argv: list[str], error: Exception) -> errors.ConfigError | None:
+  """The one-line ConfigError for a bad --config or --config.FIELD flag; None for other flags.
+
+  ml_collections reports an unknown field as a bare KeyError, a value of the
+  wrong type or a config file that raised as a flag error whose message may
+  hold a whole traceback, and a missing config file as an OSError.
+  """
+  reference = configs.default_config()  # Every experiment config starts from it.
+  for arg in argv[1:]:
+    if not _OVERRIDE.match(arg):
+      continue
+    parts = _OVERRIDE.sub("", arg).split("=", 1)[0].split(".")
+    node = reference
+    for i, part in enumerate(parts):
+      parent = ".".join(["config", *parts[:i]])
+      if not isinstance(node, ml_collections.ConfigDict):
+        return errors.ConfigError(f"{parent}: a value, not a group of fields (in {arg})")
+      if part not in node:
+        return errors.ConfigError(
+          f"config.{'.'.join(parts[: i + 1])}: unknown field (in {arg}); {parent} has: "
+          f"{', '.join(node.keys())}"
+        )
+      node = node[part]
+  # A config file that raised an aejax error (e.g. an unknown `:ARG`): that error, innermost.
+  cause, innermost = error, None
+  for _ in range(20):  # Bounded: exception chains can be cycles.
+    if cause is None:
+      break
+    if isinstance(cause, errors.ConfigError | data.DataError):
+      innermost = cause
+    cause = cause.__cause__ or cause.__context__
+  if innermost is not None:
+    return errors.ConfigError(str(innermost).strip().splitlines()[-1])
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  message = " ".join(lines)
+  config_arg = next((a for a in argv[1:] if re.match(r"^--?config(=|$)", a)), "--config")
+  if isinstance(error, OSError) or "config file" in message:
+    return errors.ConfigError(f"{config_arg}: cannot load the config file: {lines[-1]}")
+  field = re.search(r"flag --(config\.[\w.]+)", message)
+  if field:
+    return errors.ConfigError(f"{field.group(1)}: {message}")
+  if "--config" in message or isinstance(error, KeyError | AttributeError):
+    return errors.ConfigError(f"{config_arg}: {message}")
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, except that a bad --config or --config.FIELD is one line, exit 2."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.keys()  # ml_collections defers a config file's load error to its first use.
+    return rest
+  except Exception as error:
+    config_error = config_flag_error(argv, error)
+    if config_error is not None:
+      sys.stderr.write(f"ConfigError: {config_error}\n")
+      sys.exit(2)
+    if not isinstance(error, flags.Error):
+      raise
+    # What absl's own parser prints for the other flags.
+    sys.stderr.write(f"FATAL Flags parsing error: {error}\n")
+    sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
+
+
 def run():
   """Console-script entry point (aejax-train)."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

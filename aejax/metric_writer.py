@@ -26,11 +26,14 @@ class MetricWriter:
     """Drops lines logged after `step`: a resumed run re-does those steps and logs them again."""
     if not self.path.exists():
       return
-    kept = [
-      line
-      for line in self.path.read_text().splitlines()
-      if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
+    kept = []
+    for line in self.path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # Blank, or the last line of a run killed while writing it.
+      if record.get("step", 0) <= step:
+        kept.append(line)
     tmp = self.path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(self.path)

@@ -15,16 +15,37 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
   "sgd": lambda lr, c: optax.sgd(lr, momentum=c.momentum or None),
 }
 
-SCHEDULES = ("constant", "warmup_cosine", "piecewise")
+SCHEDULES = ("constant", "warmup_cosine", "piecewise", "burda")
+
+# Burda et al. (2016), section 5: 3^i passes over the data at 1e-3 * 10^(-i/7), i = 0..7.
+BURDA_STAGES = 8
+BURDA_TOTAL_PASSES = sum(3**i for i in range(BURDA_STAGES))  # 3,280.
 
 
-def make_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def burda_schedule(learning_rate: float, steps_per_epoch: int) -> optax.Schedule:
+  """learning_rate * 10^(-i/7) for 3^i epochs, i = 0..7, then the last rate for any further steps.
+
+  With learning_rate 1e-3 this is the IWAE paper's schedule; a run shorter
+  than 3,280 epochs simply stops inside one of the stages (the short CPU
+  variants run the first stages only).
+  """
+  boundaries, passes = {}, 0
+  for i in range(BURDA_STAGES - 1):
+    passes += 3**i
+    boundaries[passes * steps_per_epoch] = 10.0 ** (-1.0 / 7.0)
+  return optax.piecewise_constant_schedule(learning_rate, boundaries)
+
+
+def make_schedule(
+  c: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int = 1
+) -> optax.Schedule:
   """The learning rate against step for `c.schedule`.
 
   constant: c.learning_rate throughout.
   warmup_cosine: linear from 0 over c.warmup_steps, then cosine to 0 at total_steps.
   piecewise: c.learning_rate times the product of c.piecewise_scales[i] for every
     boundary c.piecewise_boundaries[i] (in steps) already passed.
+  burda: c.learning_rate * 10^(-i/7) for 3^i epochs of `steps_per_epoch` steps, i = 0..7.
   """
   if c.schedule == "constant":
     return optax.constant_schedule(c.learning_rate)
@@ -46,18 +67,25 @@ def make_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
     return optax.piecewise_constant_schedule(
       c.learning_rate, dict(zip(boundaries, scales, strict=True))
     )
+  if c.schedule == "burda":
+    return burda_schedule(c.learning_rate, steps_per_epoch)
   raise errors.ConfigError(
     f"config.optimizer.schedule: unknown schedule {c.schedule!r}; valid: {', '.join(SCHEDULES)}"
   )
 
 
-def make_optimizer(c: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """The optimizer named by c.name with its schedule, after optional global-norm clipping."""
+def make_optimizer(
+  c: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int = 1
+) -> optax.GradientTransformation:
+  """The optimizer named by c.name with its schedule, after optional global-norm clipping.
+
+  `steps_per_epoch` matters only for schedules counted in epochs ("burda").
+  """
   if c.name not in OPTIMIZERS:
     raise errors.ConfigError(
       f"config.optimizer.name: unknown optimizer {c.name!r}; valid: {', '.join(OPTIMIZERS)}"
     )
-  tx = OPTIMIZERS[c.name](make_schedule(c, total_steps), c)
+  tx = OPTIMIZERS[c.name](make_schedule(c, total_steps, steps_per_epoch), c)
   if c.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), tx)
   return tx

@@ -181,13 +181,21 @@ def vae_workdir(tmp_path_factory):
   return workdir
 
 
-# The evaluation of test_evaluate_vae, which the CLI must reproduce.
-EVAL_ARGS = dict(nll_samples=64, limit=100, batch_size=64, probe_train_size=500)
+# The evaluation of test_evaluate_vae, which the CLI must reproduce. The FID classifier is
+# trained for a few steps only, into a temporary cache (never the home folder).
+EVAL_ARGS = dict(
+  nll_samples=64, limit=100, batch_size=64, probe_train_size=500, fid_classifier_steps=40
+)
 
 
 @pytest.fixture(scope="module")
-def vae_results(vae_workdir):
-  results = ev.evaluate(vae_workdir, **EVAL_ARGS)
+def fid_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("fid_cache")
+
+
+@pytest.fixture(scope="module")
+def vae_results(vae_workdir, fid_cache):
+  results = ev.evaluate(vae_workdir, fid_cache_dir=fid_cache, **EVAL_ARGS)
   return results, json.loads((vae_workdir / ev.RESULTS_JSON).read_text())
 
 
@@ -207,7 +215,8 @@ def test_evaluate_vae(vae_workdir, vae_results):
   for key in (
     "elbo elbo_stderr elbo_mc elbo_mc_stderr recon kl nll nll_stderr nll_samples iwae_bound_k "
     "active_units kl_per_dim linear_probe_accuracy knn_accuracy bce_per_pixel mse psnr ssim "
-    "seed split num_images batch_size chunk_size step workdir seconds"
+    "seed split num_images batch_size chunk_size step workdir seconds fid fid_reconstructions "
+    "fid_features"
   ).split():
     assert key in saved, key
   assert "bits_per_dim" not in saved  # Bernoulli decoder.
@@ -231,21 +240,29 @@ def test_evaluate_vae(vae_workdir, vae_results):
   for key in ("linear_probe_accuracy", "knn_accuracy", "ssim"):
     assert 0.0 <= saved[key] <= 1.0
   assert saved["linear_probe_accuracy"] > 0.2  # 10 classes: chance is 0.1.
+  # FID on the default classifier, trained on the digits' labels (a tiny one here).
+  features = saved["fid_features"]
+  assert features["name"].startswith("aejax-classifier:digits:") and ":steps40:" in features["name"]
+  assert 0.1 < features["test_accuracy"] <= 1.0 and features["feature_dim"] == 128
+  assert saved["fid"] > 0 and saved["fid_reconstructions"] > 0
   md = (vae_workdir / ev.RESULTS_MD).read_text()
   assert "nats per image" in md and f"{saved['nll']:.2f}" in md
+  assert f"{saved['fid']:.2f}" in md and features["name"] in md and "test accuracy" in md
 
 
-def test_evaluate_cli(vae_workdir, vae_results):
+def test_evaluate_cli(vae_workdir, vae_results, fid_cache):
   # The same evaluation as test_evaluate_vae from the command line (without the probes): the
-  # same numbers, a function of the seed and the batch size, written anew.
+  # same numbers, a function of the seed and the batch size, written anew; the same cached
+  # FID classifier.
   _, expected = vae_results
   (vae_workdir / ev.RESULTS_JSON).unlink()
-  flags = {**EVAL_ARGS, "probe_train_size": 0}
+  flags = {**EVAL_ARGS, "probe_train_size": 0, "fid_cache_dir": fid_cache}
   result = _evaluate_cli(f"--workdir={vae_workdir}", *(f"--{k}={v}" for k, v in flags.items()))
   assert result.returncode == 0, result.stderr[-2000:]
   saved = json.loads((vae_workdir / ev.RESULTS_JSON).read_text())
   assert "linear_probe_accuracy" not in saved
-  for key in ("nll", "elbo", "elbo_mc", "kl", "ssim", "active_units"):
+  assert saved["fid_features"] == expected["fid_features"]
+  for key in ("nll", "elbo", "elbo_mc", "kl", "ssim", "active_units", "fid"):
     assert saved[key] == pytest.approx(expected[key], rel=1e-6), key
   assert saved["iwae_bound_k"] == pytest.approx(expected["iwae_bound_k"], rel=1e-6)
   assert "| metric | value | unit |" in result.stdout
@@ -253,16 +270,22 @@ def test_evaluate_cli(vae_workdir, vae_results):
   assert bad.returncode == 2 and "CheckpointError" in bad.stderr and "does not exist" in bad.stderr
   assert "Traceback" not in bad.stderr
   assert len([line for line in bad.stderr.splitlines() if "Error" in line]) == 1
+  off = _evaluate_cli(f"--workdir={vae_workdir}", "--nll_samples=2", "--limit=8", "--nofid")
+  assert off.returncode == 0, off.stderr[-2000:]
+  assert "fid" not in json.loads((vae_workdir / ev.RESULTS_JSON).read_text())
 
 
-def test_evaluate_plain_autoencoder(tmp_path):
+def test_evaluate_plain_autoencoder(tmp_path, fid_cache):
   train.train_and_evaluate(
     tiny_digits_config(total_steps=4, name="dense_ae", latent_dim=4), str(tmp_path)
   )
-  results = ev.evaluate(tmp_path, limit=50, probe_train_size=200)
-  for key in ("recon", "bce_per_pixel", "mse", "psnr", "ssim", "linear_probe_accuracy"):
+  results = ev.evaluate(
+    tmp_path, limit=50, probe_train_size=200, fid_cache_dir=fid_cache, fid_classifier_steps=40
+  )
+  for key in "recon bce_per_pixel mse psnr ssim linear_probe_accuracy fid_reconstructions".split():
     assert np.isfinite(results[key]), key
-  for key in ("elbo", "nll", "kl", "iwae_bound_k", "active_units", "kl_per_dim", "nll_samples"):
+  # No prior to sample from: only the FID of the reconstructions.
+  for key in "elbo nll kl iwae_bound_k active_units kl_per_dim nll_samples fid".split():
     assert key not in results, key
   assert results["recon"] > 0 and 0.0 <= results["knn_accuracy"] <= 1.0
 
@@ -278,8 +301,8 @@ def test_gaussian_decoder_on_8bit_mnist_gets_bits_per_dim(tmp_path, data_dir):
   c = tiny_digits_config(total_steps=1, likelihood="gaussian", log_scale=-1.0)
   c.data.name, c.data.data_dir = "mnist", str(data_dir)
   train.train_and_evaluate(c, str(tmp_path))
-  results = ev.evaluate(tmp_path, nll_samples=8, limit=16, probe_train_size=0)
-  assert "linear_probe_accuracy" not in results
+  results = ev.evaluate(tmp_path, nll_samples=8, limit=16, probe_train_size=0, fid=False)
+  assert "linear_probe_accuracy" not in results and "fid_features" not in results
   # (nll(y) / 784 + log 256) / log 2 with nll(y) of the dequantised images: near, not equal to,
   # the same formula on the undequantised nll (the images move by less than 1/256).
   from_nll = ev.bits_per_dim(results["nll"], 784)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aejax import configs, metric_writer, models, optim, train
+from aejax import configs, errors, metric_writer, models, optim, train
 
 
 def _tiny_vae_config():
@@ -87,27 +87,29 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
   c.checkpoint_every_steps = 100  # Only the forced save at the interruption.
   full = train.train_and_evaluate(c, str(tmp_path / "full"))
 
-  # Second run: SIGTERM arrives during step 6; the trainer saves and stops.
-  real_make_train_step = train.make_train_step
+  # Second run: SIGTERM arrives during the dispatch that ends at step 6; the trainer saves and
+  # stops. Dispatches of 2 steps: the signal is handled between dispatches.
+  c.steps_per_dispatch = 2
+  real_make_multi_step = train.make_multi_step
 
   def make_step_that_signals(*args, **kwargs):
-    step_fn = real_make_train_step(*args, **kwargs)
+    step_fn = real_make_multi_step(*args, **kwargs)
     calls = {"n": 0}
 
-    def wrapped(state, batch, key):
+    def wrapped(*step_args):
       calls["n"] += 1
-      if calls["n"] == 6:
+      if calls["n"] == 3:
         os.kill(os.getpid(), signal.SIGTERM)
-      return step_fn(state, batch, key)
+      return step_fn(*step_args)
 
     return wrapped
 
-  monkeypatch.setattr(train, "make_train_step", make_step_that_signals)
+  monkeypatch.setattr(train, "make_multi_step", make_step_that_signals)
   with pytest.raises(train.TrainingInterrupted, match="after step 6") as info:
     train.train_and_evaluate(c, str(tmp_path / "resumed"))
   assert info.value.step == 6
   assert (tmp_path / "resumed" / "checkpoints" / "6").is_dir()
-  monkeypatch.setattr(train, "make_train_step", real_make_train_step)
+  monkeypatch.setattr(train, "make_multi_step", real_make_multi_step)
   # The SIGTERM handler is gone again after the run.
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
@@ -155,3 +157,110 @@ def test_workdir_outputs(tmp_path):
     "8",
   ]
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_fused_steps_equal_single_steps_and_compile_once():
+  """K steps in one dispatch == K one-step dispatches; chunk lengths never recompile."""
+  c = _tiny_vae_config()
+  c.data.dynamic_binarization = True  # Exercise the in-jit batch corruption too.
+  model = models.build_model(c.model, (8, 8, 1))
+  tx = optim.make_optimizer(c.optimizer, 16)
+  mesh = train.make_mesh()
+  keys = train.derived_keys(0)
+  n = 320  # 10 steps per epoch.
+  images = train.put_replicated(
+    np.random.default_rng(0).uniform(size=(n, 8, 8, 1)).astype(np.float32), mesh
+  )
+  fresh = lambda: train.create_train_state(model, tx, (8, 8, 1), keys["init"], mesh)  # noqa: E731
+
+  single = fresh()
+  batch_fn = train.make_train_batch_fn(c, mesh, n, keys)
+  step_fn = train.make_train_step(model, tx, c, mesh)
+  losses = []
+  for s in range(10):
+    single, metrics = step_fn(
+      single, batch_fn(images, None, s), jax.random.fold_in(keys["step"], s)
+    )
+    losses.append(float(metrics["loss"]))
+
+  multi_step = train.make_multi_step(model, tx, c, mesh, n, keys)
+  fused = fresh()
+  totals = []
+  perm = train.epoch_permutation(keys, n, 0)
+  for num_steps in (3, 5, 2):  # Three chunk lengths in the epoch of 10 steps, one compilation.
+    fused, sums = multi_step(fused, images, None, perm, num_steps)
+    totals.append(float(sums["loss"]))
+    assert int(sums["steps"]) == num_steps and int(sums["first_nonfinite_step"]) == -1
+  assert multi_step._cache_size() == 1
+  assert int(fused.step) == int(single.step) == 10
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    jax.device_get(fused.params),
+    jax.device_get(single.params),
+  )
+  np.testing.assert_allclose(
+    totals, [sum(losses[:3]), sum(losses[3:8]), sum(losses[8:])], rtol=1e-5
+  )
+
+
+def _exploding_config():
+  """Plain SGD at a huge learning rate: finite for a few steps, then the loss overflows."""
+  c = _tiny_vae_config()
+  c.optimizer.name, c.optimizer.learning_rate = "sgd", 3e3
+  c.total_steps, c.checkpoint_every_steps, c.steps_per_dispatch = 64, 2, 4
+  c.objective.kl_warmup_steps = 0
+  c.final_figures = False
+  return c
+
+
+def test_nonfinite_step_stops_the_run_without_saving_nan(tmp_path):
+  c = _exploding_config()
+  with pytest.raises(train.NonFiniteError) as info:
+    train.train_and_evaluate(c, str(tmp_path))
+  error = info.value
+  assert f"at step {error.step}" in str(error) and "train/" in str(error)
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and error.last_checkpoint == saved[-1] <= error.step
+  assert f"checkpoint is step {saved[-1]}" in str(error)
+  from aejax import api
+
+  for step in saved:
+    params = api.load(tmp_path, step=step).params
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params)), step
+
+
+def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
+  c = _exploding_config()
+  c.nonfinite = "skip"
+  state = train.train_and_evaluate(c, str(tmp_path))
+  assert int(state.step) == c.total_steps
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+  records = [r for r in metric_writer.read_metrics(tmp_path) if "train/skipped_steps" in r]
+  assert records[-1]["train/skipped_steps"] > 0
+
+
+def test_workdir_with_another_config_is_refused_with_a_diff(tmp_path):
+  c = _tiny_vae_config()
+  c.total_steps = c.checkpoint_every_steps = c.eval_every_steps = 4
+  train.train_and_evaluate(c, str(tmp_path))
+  changed = _tiny_vae_config()
+  changed.total_steps = changed.checkpoint_every_steps = changed.eval_every_steps = 8
+  changed.model.latent_dim = 3
+  changed.optimizer.learning_rate = 0.01
+  with pytest.raises(errors.ConfigError) as info:
+    train.train_and_evaluate(changed, str(tmp_path))
+  message = str(info.value)
+  assert "config.model.latent_dim: 2 -> 3" in message
+  assert "config.optimizer.learning_rate: 0.001 -> 0.01" in message
+  assert "total_steps" not in message  # Extending a run is not a config change.
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["latent_dim"] == 2
+  # Only a resumable field changed: the run goes on from its checkpoint to step 8.
+  longer = _tiny_vae_config()
+  longer.total_steps = longer.checkpoint_every_steps = longer.eval_every_steps = 8
+  assert int(train.train_and_evaluate(longer, str(tmp_path)).step) == 8
+  # An explicit override resumes anyway and the saved config becomes the new one.
+  faster = _tiny_vae_config()
+  faster.total_steps = faster.checkpoint_every_steps = faster.eval_every_steps = 12
+  faster.optimizer.learning_rate = 0.01
+  assert int(train.train_and_evaluate(faster, str(tmp_path), allow_config_change=True).step) == 12
+  assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["learning_rate"] == 0.01
