@@ -24,6 +24,8 @@ JAX's default backend is the CPU and "xla" otherwise. docs/performance.md has
 the measurements and which XLA ops are slow.
 """
 
+import functools
+import operator
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -133,20 +135,21 @@ def _col2im_1d(
   n, k = cols.shape[axis], cols.shape[tap_axis]
   length = (n - 1) * stride + 1 + pad[0] + pad[1] - k + 1
   m = n + (k - 1) // stride  # Full positions per phase.
-  phases = []
-  for p in range(stride):
-    total = None
-    for u in range(p, k, stride):
-      part = lax.index_in_dim(cols, k - 1 - u, tap_axis, keepdims=False)
-      spatial = axis if axis < tap_axis else axis - 1
-      widths = [(0, 0)] * part.ndim
-      widths[spatial] = (u // stride, m - n - u // stride)
-      part = jnp.pad(part, widths)
-      total = part if total is None else total + part
-    phases.append(total)
-  spatial = axis if axis < tap_axis else axis - 1
-  shape = phases[0].shape if phases[0] is not None else None
-  phases = [jnp.zeros(shape, cols.dtype) if ph is None else ph for ph in phases]
+  spatial = axis if axis < tap_axis else axis - 1  # `axis` once the tap axis is gone.
+
+  def shifted(u: int) -> jax.Array:
+    """Tap k-1-u at its place among the m positions of its phase."""
+    part = lax.index_in_dim(cols, k - 1 - u, tap_axis, keepdims=False)
+    widths = [(0, 0)] * part.ndim
+    widths[spatial] = (u // stride, m - n - u // stride)
+    return jnp.pad(part, widths)
+
+  # Phase p sums taps u = p, p + stride, ...; with stride > k the phases past k get none.
+  phases = [
+    functools.reduce(operator.add, map(shifted, range(p, k, stride))) for p in range(min(k, stride))
+  ]
+  phases += [jnp.zeros_like(phases[0])] * (stride - len(phases))
+  shape = phases[0].shape
   full = jnp.stack(phases, axis=spatial + 1)
   full = full.reshape(*shape[:spatial], m * stride, *shape[spatial + 1 :])
   # Output o is full position o + k-1-pad_low; positions outside the full range are zeros.
@@ -171,7 +174,8 @@ def conv_transpose_col2im(
   kh, kw, c, f = kernel_KhxKwxCxF.shape
   b, h, w, _ = x_BxHxWxC.shape
   pads = _transpose_pads(padding, (kh, kw), strides)
-  cols = jnp.dot(x_BxHxWxC, kernel_KhxKwxCxF.transpose(2, 0, 1, 3).reshape(c, kh * kw * f))
+  kernel_CxT = kernel_KhxKwxCxF.transpose(2, 0, 1, 3).reshape(c, kh * kw * f)
+  cols = jnp.dot(x_BxHxWxC, kernel_CxT, precision=precision)
   cols_BxHxWxKhxKwxF = cols.reshape(b, h, w, kh, kw, f)
   y = _col2im_1d(cols_BxHxWxKhxKwxF, axis=1, tap_axis=3, stride=strides[0], pad=pads[0])
   return _col2im_1d(y, axis=2, tap_axis=3, stride=strides[1], pad=pads[1])

@@ -1,6 +1,7 @@
 """Training and evaluation throughput of aejax's models, one JSON line per case.
 
-  AEJAX_DATA_DIR=/path/to/data python scripts/benchmark.py --case=all
+  AEJAX_DATA_DIR=/path/to/data python scripts/benchmark.py --case=all --framework=both > b.jsonl
+  python scripts/benchmark.py --table=b.jsonl    # the lines as a Markdown table with the ratios
   python scripts/benchmark.py --case=pythae_conv_vae [--batch_size=128] [--framework=jax|torch]
 
 Cases (real MNIST, Adam): `lesson_conv_ae` (the lesson's conv AE, batch 128),
@@ -12,8 +13,9 @@ IWAE batch sizes), each in a fresh process so that peak memory is per case.
 What a JAX line reports (medians over `--reps` repetitions, compilation excluded):
 - train_images_per_sec: the fused trainer (`train.make_multi_step`: up to K
   steps per dispatch in one `lax.while_loop`, batches cut on device);
-  train_images_per_sec_plain: one step per dispatch (`train.make_train_step`
-  and `train.make_train_batch_fn`, as a plain Python loop); fused_over_plain.
+  train_images_per_sec_plain: one step per dispatch (`train.make_train_step`,
+  the batch cut by `train.cut_batch` in its own dispatch, a plain Python
+  loop); fused_over_plain.
 - compile_seconds: tracing + XLA compilation of the fused step.
 - eval_images_per_sec: `train.make_eval_fn` over the test split (ELBO terms);
   for iwae_mlp also nll_images_per_sec: the 5000-sample importance-weighted
@@ -33,7 +35,6 @@ added where `pip install pythae` has been done).
 """
 
 import argparse
-import inspect
 import json
 import os
 import pathlib
@@ -71,6 +72,11 @@ def _parse_args(argv=None):
   parser.add_argument("--no_plain", action="store_true", help="skip the one-step-per-dispatch loop")
   parser.add_argument("--quick", action="store_true", help="few, short repetitions (tests)")
   parser.add_argument("--torch_threads", type=int, default=0, help="0: the CPU cores")
+  parser.add_argument(
+    "--table",
+    default="",
+    help="a file of this script's JSON lines: print them as Markdown, run nothing",
+  )
   args = parser.parse_args(argv)
   if args.case != "all" and args.case not in CASES:
     parser.error(f"--case: unknown case {args.case!r}; valid: all, {', '.join(CASES)}")
@@ -169,7 +175,7 @@ def run_case(name: str, batch_size: int, args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from aejax import evaluate, layers, losses, models, optim, tasks, train
+  from aejax import evaluate, layers, losses, models, optim, train
 
   load_start = os.getloadavg()[0]
   gflops_matmul, gflops_matmul_cpu = matmul_gflops(*((3, 1024) if args.quick else ()))
@@ -202,12 +208,8 @@ def run_case(name: str, batch_size: int, args) -> dict:
       perms[epoch] = perm_jit(epoch)
     return perms[epoch]
 
-  # The trainer's multi_step takes the epoch's permutation (drawn once per epoch) if it has a
-  # `perm` argument; older versions drew it inside.
-  takes_perm = "perm" in inspect.signature(multi_step).parameters
-  extra = (perm_fn(0),) if takes_perm else ()
   start = time.perf_counter()
-  compiled = multi_step.lower(state, images, labels, *extra, 1).compile()
+  compiled = multi_step.lower(state, images, labels, perm_fn(0), 1).compile()
   compile_seconds = time.perf_counter() - start
 
   def run_fused(state, num_steps):
@@ -215,8 +217,7 @@ def run_case(name: str, batch_size: int, args) -> dict:
     step, end = int(state.step), int(state.step) + num_steps
     while step < end:
       chunk = min(end - step, steps_per_epoch - step % steps_per_epoch)
-      extra = (perm_fn(step // steps_per_epoch),) if takes_perm else ()
-      state, sums = compiled(state, images, labels, *extra, chunk)
+      state, sums = compiled(state, images, labels, perm_fn(step // steps_per_epoch), chunk)
       step += chunk
     jax.block_until_ready(state)
     assert int(sums["first_nonfinite_step"]) < 0, "a non-finite step during the benchmark"
@@ -243,11 +244,8 @@ def run_case(name: str, batch_size: int, args) -> dict:
   if not args.no_plain:
     step_fn = train.make_train_step(model, tx, c, mesh)
 
-    @jax.jit
-    def cut_batch(perm, step):
-      index = step % steps_per_epoch
-      idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
-      return tasks.make_batch(jax.random.fold_in(keys["corrupt"], step), images[idx], None, c)
+    # The trainer's own batch cutter, in its own dispatch.
+    cut_batch = jax.jit(lambda perm, step: train.cut_batch(c, keys, images, labels, perm, step))
 
     def run_plain(state, num_steps):
       perm, epoch = None, None
@@ -371,8 +369,45 @@ def _forward(argv: list[str], script: pathlib.Path) -> int:
   return result.returncode
 
 
+def markdown_table(records: list[dict]) -> str:
+  """The JSON lines of one or more runs as a Markdown table, with each JAX line's ratios to the
+  PyTorch and Pythae lines of the same case and batch size."""
+  by_case = {}
+  for r in records:
+    by_case.setdefault((r["case"], r["batch_size"]), {})[r["framework"]] = r
+  lines = [
+    "| case | batch | framework | train img/s | plain img/s | eval img/s | peak MB "
+    "| x PyTorch | x Pythae | fraction of matmul | load |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+
+  def num(value, digits=0):
+    return "" if value is None else f"{value:,.{digits}f}"
+
+  for (case, batch), frameworks in by_case.items():
+    jax_ips = frameworks.get("jax", {}).get("train_images_per_sec")
+    for name, r in frameworks.items():
+      ratios = ["", ""]
+      if name == "jax":
+        for i, other in enumerate(("torch", "pythae")):
+          if other in frameworks:
+            ratios[i] = f"{jax_ips / frameworks[other]['train_images_per_sec']:.2f}"
+      load = f"{r.get('load_avg_start', 0):.1f}-{r.get('load_avg_end', 0):.1f}"
+      lines.append(
+        f"| {case} | {batch} | {name} | {num(r['train_images_per_sec'])} "
+        f"| {num(r.get('train_images_per_sec_plain'))} | {num(r.get('eval_images_per_sec'))} "
+        f"| {num(r.get('peak_memory_mb'))} | {ratios[0]} | {ratios[1]} "
+        f"| {num(r.get('fraction_of_matmul'), 2)} | {load} |"
+      )
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   args = _parse_args(argv)
+  if args.table:
+    records = [json.loads(line) for line in pathlib.Path(args.table).read_text().splitlines()]
+    print(markdown_table([r for r in records if r]))
+    return 0
   runs = _runs(args)
   passthrough = (
     [

@@ -20,7 +20,7 @@ POSITIVE = (
 )
 
 
-def test_benchmark_prints_one_json_line_with_positive_numbers(data_dir):
+def test_benchmark_prints_one_json_line_with_positive_numbers(data_dir, tmp_path):
   # A subprocess, as users run it; it inherits the 8 fake CPU devices and the compilation cache.
   env = {**os.environ, "AEJAX_DATA_DIR": str(data_dir)}
   result = subprocess.run(
@@ -43,3 +43,21 @@ def test_benchmark_prints_one_json_line_with_positive_numbers(data_dir):
     assert record[field] > 0, (field, record[field])
   assert record["device"] == "cpu" and record["device_count"] == 8
   assert 0 < record["fraction_of_matmul"] < 10
+
+  # --table turns saved lines into the Markdown table, with JAX's ratio to each peer.
+  peers = [
+    {**record, "framework": "torch", "train_images_per_sec": record["train_images_per_sec"] / 2},
+    {**record, "framework": "pythae", "train_images_per_sec": record["train_images_per_sec"] / 4},
+  ]
+  lines_file = tmp_path / "benchmark.jsonl"
+  lines_file.write_text("\n".join(json.dumps(r) for r in (record, *peers)) + "\n")
+  table = subprocess.run(
+    [sys.executable, "scripts/benchmark.py", f"--table={lines_file}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert table.returncode == 0, table.stderr[-3000:]
+  jax_row = next(line for line in table.stdout.splitlines() if "| jax |" in line)
+  assert "| 2.00 | 4.00 |" in jax_row, table.stdout

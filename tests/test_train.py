@@ -123,6 +123,15 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
   steps_resumed = [r["step"] for r in metric_writer.read_metrics(tmp_path / "resumed")]
   assert steps_resumed == steps_full
 
+  # Killed after its final checkpoint but before the summary: a rerun trains nothing and writes
+  # final_metrics.json (what sweeps read as "finished"), equal to the uninterrupted run's.
+  final = tmp_path / "resumed" / "final_metrics.json"
+  expected = json.loads(final.read_text())
+  final.unlink()
+  train.train_and_evaluate(c, str(tmp_path / "resumed"))
+  assert json.loads(final.read_text()) == expected
+  assert [r["step"] for r in metric_writer.read_metrics(tmp_path / "resumed")] == steps_full
+
 
 def test_workdir_outputs(tmp_path):
   c = _tiny_vae_config()

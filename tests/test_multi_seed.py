@@ -1,0 +1,133 @@
+"""Tests for aejax/multi_seed.py: every vmapped member equals its separate run, and resumes."""
+
+import copy
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_digits_config
+
+import aejax
+from aejax import errors, figures, metric_writer, multi_seed, train
+
+# Seeds with a vmapped beta and learning rate too; the KL warm-up makes beta enter every step.
+MEMBERS = ((0, 1.0, 1e-3), (1, 1.0, 1e-3), (2, 4.0, 3e-3))
+STEPS = 8
+
+
+def _configs():
+  base = tiny_digits_config(total_steps=STEPS)
+  base.objective.kl_warmup_steps = 4
+  out = []
+  for seed, beta, learning_rate in MEMBERS:
+    c = copy.deepcopy(base)
+    c.seed, c.objective.beta, c.optimizer.learning_rate = seed, beta, learning_rate
+    out.append(c)
+  return out
+
+
+def _assert_close(a, b):
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6),
+    jax.device_get(a),
+    jax.device_get(b),
+  )
+
+
+def test_each_member_equals_its_separate_run_and_resumes(tmp_path, monkeypatch):
+  # No PNGs: they cost seconds per run and member; tests/test_sweep.py sees members' figures.
+  monkeypatch.setattr(figures, "save_training_curves", lambda *args, **kwargs: None)
+  monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: None)
+  separate = []
+  for i, c in enumerate(_configs()):
+    separate.append((tmp_path / f"s{i}", train.train_and_evaluate(c, str(tmp_path / f"s{i}"))))
+
+  dirs = [tmp_path / f"m{i}" for i in range(len(MEMBERS))]
+  group = multi_seed.train_and_evaluate(_configs(), dirs)
+  for i, (separate_dir, state) in enumerate(separate):
+    assert int(group.step[i]) == int(state.step) == STEPS
+    _assert_close(multi_seed.member(group.params, i), state.params)
+    _assert_close(multi_seed.member(group.opt_state, i), state.opt_state)
+    # The member's workdir is a trainer workdir: same config.json, files and metrics.
+    assert (dirs[i] / "config.json").read_text() == (separate_dir / "config.json").read_text()
+    assert {p.name for p in separate_dir.iterdir()} <= {p.name for p in dirs[i].iterdir()}
+    ours = json.loads((dirs[i] / "final_metrics.json").read_text())
+    theirs = json.loads((separate_dir / "final_metrics.json").read_text())
+    assert ours.keys() == theirs.keys() and ours["step"] == STEPS
+    for key in theirs:
+      assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
+    # aejax.load restores the member from its own checkpoint.
+    loaded = aejax.load(dirs[i])
+    assert loaded.step == STEPS
+    _assert_close(loaded.params, state.params)
+
+  # Interrupted by SIGTERM after the first chunk of steps, then resumed: the same parameters.
+  real = multi_seed.make_group_chunk
+
+  def make_chunk_that_signals(*args, **kwargs):
+    chunk_fn = real(*args, **kwargs)
+
+    def wrapped(*chunk_args):
+      os.kill(os.getpid(), signal.SIGTERM)
+      return chunk_fn(*chunk_args)
+
+    return wrapped
+
+  resumed_dirs = [tmp_path / f"r{i}" for i in range(len(MEMBERS))]
+  monkeypatch.setattr(multi_seed, "make_group_chunk", make_chunk_that_signals)
+  with pytest.raises(train.TrainingInterrupted, match="after step 4") as info:
+    multi_seed.train_and_evaluate(_configs(), resumed_dirs)
+  assert info.value.signum == signal.SIGTERM
+  for d in resumed_dirs:
+    assert (d / "checkpoints" / "4").is_dir() and not (d / "final_metrics.json").exists()
+  monkeypatch.setattr(multi_seed, "make_group_chunk", real)
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+  resumed = multi_seed.train_and_evaluate(_configs(), resumed_dirs)
+  for i, (separate_dir, state) in enumerate(separate):
+    _assert_close(multi_seed.member(resumed.params, i), state.params)
+    steps = [r["step"] for r in metric_writer.read_metrics(resumed_dirs[i])]
+    assert steps == [r["step"] for r in metric_writer.read_metrics(separate_dir)]
+    assert (resumed_dirs[i] / "final_metrics.json").exists()
+
+
+def test_members_must_differ_only_in_vmapped_fields():
+  a, b = _configs()[:2]
+  b.model.latent_dim = 3
+  with pytest.raises(errors.ConfigError, match=r"config\.model\.latent_dim: member 1 has 3"):
+    multi_seed.check_group([a, b])
+  multi_seed.check_group(_configs())  # Seed, beta and learning rate may differ.
+
+
+def test_a_member_with_nonfinite_steps_stops_the_group_or_is_skipped_alone(tmp_path, monkeypatch):
+  monkeypatch.setattr(figures, "save_training_curves", lambda *args, **kwargs: None)
+  monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: None)
+
+  def configs(nonfinite):
+    # Plain SGD: member 0 trains normally, member 1's learning rate overflows the loss.
+    out = []
+    for seed, learning_rate in ((0, 1e-3), (1, 3e3)):
+      c = tiny_digits_config(total_steps=32)
+      c.seed, c.nonfinite = seed, nonfinite
+      c.optimizer.name, c.optimizer.learning_rate = "sgd", learning_rate
+      c.checkpoint_every_steps, c.steps_per_dispatch, c.final_figures = 2, 4, False
+      out.append(c)
+    return out
+
+  stopped = [tmp_path / "stop0", tmp_path / "stop1"]
+  with pytest.raises(train.NonFiniteError) as info:
+    multi_seed.train_and_evaluate(configs("stop"), stopped)
+  assert str(stopped[1]) in str(info.value) and f"at step {info.value.step}" in str(info.value)
+
+  skipped = [tmp_path / "skip0", tmp_path / "skip1"]
+  group = multi_seed.train_and_evaluate(configs("skip"), skipped)
+  assert [int(s) for s in group.step] == [32, 32]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(group.params)))
+  counts = []
+  for d in skipped:
+    records = [r for r in metric_writer.read_metrics(d) if "train/skipped_steps" in r]
+    counts.append(records[-1]["train/skipped_steps"] if records else 0)
+  assert counts[0] == 0 and counts[1] > 0, counts

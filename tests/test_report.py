@@ -1,0 +1,75 @@
+"""aejax/report.py: the table, CSVs and staleness check on run folders written by hand."""
+
+import csv
+import json
+import os
+
+import pytest
+from helpers import tiny_digits_config
+
+from aejax import report, sweep
+
+
+def _fake_run(sweep_dir, latent_dim, seed, nll=None, seconds=10.0, group=1):
+  """A run folder as the sweep leaves it; nll None: stopped before its evaluation."""
+  c = tiny_digits_config(total_steps=16, latent_dim=latent_dim)
+  c.seed = seed
+  overrides = {"model.latent_dim": latent_dim, "seed": seed}
+  name = sweep.run_names([overrides])[0]
+  workdir = sweep_dir / name
+  workdir.mkdir(parents=True)
+  config = json.loads(c.to_json_best_effort())
+  (workdir / "config.json").write_text(json.dumps(config))
+  record = {"name": name, "overrides": overrides, "config": config}
+  (workdir / sweep.RUN_RECORD).write_text(json.dumps(record))
+  info = {"image_shape": [8, 8, 1], "data": "digits/digits", "num_train": 256, "has_labels": True}
+  (workdir / "run_info.json").write_text(json.dumps(info))
+  attempt = {"stage": "train", "group": [f"m{i}" for i in range(group)], "seconds": seconds}
+  (workdir / sweep.ATTEMPTS).write_text(json.dumps({**attempt, "device": "cpu"}) + "\n")
+  if nll is not None:
+    (workdir / "final_metrics.json").write_text(json.dumps({"step": 16}))
+    results = {"step": 16, "nll": nll, "elbo": -nll - 1.0, "recon": nll - 2.0, "kl": 3.0}
+    results.update(active_units=latent_dim, linear_probe_accuracy=0.5, nll_samples=8)
+    (workdir / "eval_results.json").write_text(json.dumps(results))
+  return name
+
+
+def test_table_and_csvs_are_mean_and_std_over_finished_seeds(tmp_path):
+  _fake_run(tmp_path, 2, 0, nll=30.0, seconds=20.0, group=2)
+  _fake_run(tmp_path, 2, 1, nll=32.0, seconds=20.0, group=2)
+  _fake_run(tmp_path, 8, 0, nll=25.0)
+  _fake_run(tmp_path, 8, 1)  # Not evaluated: left out of the means.
+  path = report.write_report(tmp_path, figures_too=False)
+  text = path.read_text()
+  # latent 2: NLL mean 31, sample std sqrt(2); each vmapped member is charged half the time.
+  assert "| 2 | 2 (0, 1) | 31.00 ± 1.41 | -32.00 ± 1.41 |" in text
+  assert "| 8 | 1 (0, 1) | 25.00 | -26.00 |" in text
+  assert "| latent_dim=8,seed=1 | not started | – | alone |" in text
+  rows = list(csv.DictReader((tmp_path / report.RESULTS_CSV).read_text().splitlines()))
+  assert [r["configuration"] for r in rows] == ["latent_dim=2", "latent_dim=8"]
+  assert float(rows[0]["nll_mean"]) == pytest.approx(31.0)
+  assert float(rows[0]["nll_std"]) == pytest.approx(2**0.5)
+  assert float(rows[0]["train_seconds_mean"]) == pytest.approx(10.0)
+  assert rows[1]["nll_std"] == "" and rows[1]["nll_n"] == "1"
+  # Parameters from the shapes of the model: 64-64-2 VAE (mean and log-variance heads).
+  assert int(float(rows[0]["num_params_mean"])) == report.count_parameters(
+    tiny_digits_config(latent_dim=2), (8, 8, 1)
+  )
+  runs = list(csv.DictReader((tmp_path / report.RUNS_CSV).read_text().splitlines()))
+  assert [r["status"] for r in runs] == ["finished", "finished", "finished", "not started"]
+
+
+def test_report_is_stale_once_a_run_changes(tmp_path):
+  name = _fake_run(tmp_path, 2, 0, nll=30.0)
+  assert not report.is_up_to_date(tmp_path)
+  report.write_report(tmp_path, figures_too=False)
+  assert report.is_up_to_date(tmp_path)
+  # A run evaluated again after the report was written.
+  written = (tmp_path / report.REPORT_MD).stat().st_mtime
+  os.utime(tmp_path / name / "eval_results.json", (written + 1, written + 1))
+  assert not report.is_up_to_date(tmp_path)
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no runs"):
+    report.write_report(tmp_path)
