@@ -115,15 +115,10 @@ def make_group_chunk(model, config, mesh, num_train: int, total_steps: int, step
       lambda st: group_step(st, images, labels, perm, first_step, keys, beta, learning_rate)[1],
       state,
     )
-    vector = lambda value, dtype: jnp.full((num_members,), value, dtype)  # noqa: E731
     carry = {
       "i": jnp.zeros((), jnp.int32),
       "state": state,
-      "sums": jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), abstract),
-      "steps": vector(0, jnp.int32),
-      "skipped_steps": vector(0, jnp.int32),
-      "first_nonfinite_step": vector(-1, jnp.int32),
-      "nonfinite": vector(0, jnp.int32),
+      **train.init_step_counters(abstract, (num_members,)),
     }
 
     def cond(c):
@@ -138,9 +133,6 @@ def make_group_chunk(model, config, mesh, num_train: int, total_steps: int, step
       new_st, metrics, finite, nonfinite = group_step(
         st, images, labels, perm, step, keys, beta, learning_rate
       )
-      first_bad = jnp.where(
-        (c["first_nonfinite_step"] < 0) & ~finite, step, c["first_nonfinite_step"]
-      )
       if stop_on_nonfinite:
         # As in the trainer: a bad member stays at the bad step (the loop then ends). Its
         # parameters and optimizer state are already the old ones: only the counter is held.
@@ -148,18 +140,11 @@ def make_group_chunk(model, config, mesh, num_train: int, total_steps: int, step
       return {
         "i": c["i"] + 1,
         "state": new_st,
-        "sums": jax.tree.map(lambda t, m: t + jnp.where(finite, m, 0.0), c["sums"], metrics),
-        "steps": c["steps"] + finite.astype(jnp.int32),
-        "skipped_steps": c["skipped_steps"] + (~finite).astype(jnp.int32),
-        "first_nonfinite_step": first_bad,
-        "nonfinite": jnp.where(c["nonfinite"] == 0, nonfinite, c["nonfinite"]),
+        **train.count_step(c, metrics, finite, nonfinite, step),
       }
 
     out = jax.lax.while_loop(cond, body, carry)
-    sums = dict(out["sums"])
-    for name in train.MULTI_STEP_COUNTERS:
-      sums[name] = out[name]
-    return out["state"], sums
+    return out["state"], train.step_sums(out)
 
   return jax.jit(
     chunk,

@@ -323,6 +323,36 @@ NONFINITE_LOSS, NONFINITE_GRADS = 1, 2
 MULTI_STEP_COUNTERS = ("steps", "skipped_steps", "first_nonfinite_step", "nonfinite")
 
 
+def init_step_counters(abstract_metrics, shape: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+  """A fused loop's metric sums (zeros like `abstract_metrics`) and counters, each `shape`."""
+  return {
+    "sums": jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), abstract_metrics),
+    "steps": jnp.zeros(shape, jnp.int32),
+    "skipped_steps": jnp.zeros(shape, jnp.int32),
+    "first_nonfinite_step": jnp.full(shape, -1, jnp.int32),
+    "nonfinite": jnp.zeros(shape, jnp.int32),
+  }
+
+
+def count_step(counters, metrics, finite, nonfinite, step) -> dict[str, jax.Array]:
+  """The counters after one guarded step at `step`: a finite step's metrics are summed and it is
+  counted in `steps`; a non-finite one in `skipped_steps`, and the first one's step and what went
+  bad (NONFINITE_* bits) are kept."""
+  first_bad = counters["first_nonfinite_step"]
+  return {
+    "sums": jax.tree.map(lambda t, m: t + jnp.where(finite, m, 0.0), counters["sums"], metrics),
+    "steps": counters["steps"] + finite.astype(jnp.int32),
+    "skipped_steps": counters["skipped_steps"] + (~finite).astype(jnp.int32),
+    "first_nonfinite_step": jnp.where((first_bad < 0) & ~finite, step, first_bad),
+    "nonfinite": jnp.where(counters["nonfinite"] == 0, nonfinite, counters["nonfinite"]),
+  }
+
+
+def step_sums(counters) -> dict[str, jax.Array]:
+  """What a fused loop returns: the metric sums with the MULTI_STEP_COUNTERS beside them."""
+  return {**counters["sums"], **{name: counters[name] for name in MULTI_STEP_COUNTERS}}
+
+
 def guarded_train_step(state, batch, key, *, model, tx, config):
   """`train_step` that never applies a non-finite update.
 
@@ -379,15 +409,7 @@ def make_multi_step(model, tx, config, mesh: Mesh, num_train: int, keys: dict[st
       ],
       state,
     )
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), abstract)
-    carry = {
-      "state": state,
-      "sums": zeros,
-      "steps": jnp.zeros((), jnp.int32),
-      "skipped_steps": jnp.zeros((), jnp.int32),
-      "first_nonfinite_step": jnp.full((), -1, jnp.int32),
-      "nonfinite": jnp.zeros((), jnp.int32),
-    }
+    carry = {"state": state, **init_step_counters(abstract)}
 
     def cond(c):
       running = c["state"].step < first_step + num_steps
@@ -403,28 +425,15 @@ def make_multi_step(model, tx, config, mesh: Mesh, num_train: int, keys: dict[st
       new_st, metrics, finite, nonfinite = step_fn(
         st, batch, jax.random.fold_in(keys["step"], st.step)
       )
-      first_bad = jnp.where(
-        (c["first_nonfinite_step"] < 0) & ~finite, st.step, c["first_nonfinite_step"]
-      )
       if stop_on_nonfinite:
         # The state stays at the bad step: a rerun (or the checkpoint) starts right before it.
         # Parameters and optimizer state are already the old ones (guarded_train_step), so only
         # the counter is held back: a select over the whole state costs as much as Adam.
         new_st = new_st.replace(step=jnp.where(finite, new_st.step, st.step))
-      return {
-        "state": new_st,
-        "sums": jax.tree.map(lambda t, m: t + jnp.where(finite, m, 0.0), c["sums"], metrics),
-        "steps": c["steps"] + finite.astype(jnp.int32),
-        "skipped_steps": c["skipped_steps"] + (~finite).astype(jnp.int32),
-        "first_nonfinite_step": first_bad,
-        "nonfinite": jnp.where(c["nonfinite"] == 0, nonfinite, c["nonfinite"]),
-      }
+      return {"state": new_st, **count_step(c, metrics, finite, nonfinite, st.step)}
 
     out = jax.lax.while_loop(cond, body, carry)
-    sums = dict(out["sums"])
-    for name in MULTI_STEP_COUNTERS:
-      sums[name] = out[name]
-    return out["state"], sums
+    return out["state"], step_sums(out)
 
   rep = replicated(mesh)
   return jax.jit(
