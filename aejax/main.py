@@ -124,6 +124,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run():
   """Console-script entry point (aejax-train)."""
+  # --help lists the flags of the program's own file; under a console script that is the
+  # generated launcher, so this module's flags are declared its key flags.
+  for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, flags_parser=parse_flags)
 
 

@@ -731,9 +731,13 @@ def _config_flag_value(argv: Sequence[str]) -> str:
 
 def cli() -> None:
   """Console-script entry point (aejax-sweep)."""
-  from absl import app
+  from absl import app, flags
 
   _define_flags()
+  # --help lists the flags of the program's own file; under a console script that is the
+  # generated launcher, so the sweep's flags are declared its key flags.
+  for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main)
 
 

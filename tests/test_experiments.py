@@ -128,3 +128,24 @@ def test_cli_bad_config_is_one_clear_line(tmp_path):
   assert result.returncode == 2
   assert "config.model.name: unknown model 'resnet'; valid: dense_ae" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+  "entry,flag",
+  [("aejax.main:run", "--workdir"), ("aejax.sweep:cli", "--sweep_dir")],
+  ids=["aejax-train", "aejax-sweep"],
+)
+def test_console_scripts_list_their_flags_in_help(entry, flag):
+  # What pip's launcher does: argv[0] is the script's name, the entry point is called.
+  module, function = entry.split(":")
+  launcher = f"import sys; sys.argv[0] = 'launcher'; from {module} import {function}; {function}()"
+  result = subprocess.run(
+    [sys.executable, "-c", launcher, "--help"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  # absl exits 1 after --help.
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert f"  {flag}:" in result.stdout, result.stdout[-2000:]
