@@ -36,19 +36,9 @@ from aejax.metric_writer import MetricWriter
 VMAPPED_FIELDS = ("seed", "objective.beta", "optimizer.learning_rate")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for name, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{name}."))
-    else:
-      flat[f"{prefix}{name}"] = value
-  return flat
-
-
 def shared_fields(config: ml_collections.ConfigDict) -> dict:
   """The config as a flat {field: value} without VMAPPED_FIELDS: equal for runs that can share."""
-  flat = _flatten(json.loads(config.to_json_best_effort()))
+  flat = train.flatten_fields(json.loads(config.to_json_best_effort()))
   return {name: value for name, value in flat.items() if name not in VMAPPED_FIELDS}
 
 

@@ -796,11 +796,12 @@ RESUMABLE_FIELDS = frozenset({
 })  # fmt: skip
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_fields(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """A nested config dict as {"model.latent_dim": value, ...}."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten_fields(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
   return flat
@@ -808,7 +809,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """{field: (old, new)} for every dotted field whose value differs (missing is None)."""
-  old_flat, new_flat = _flatten(old), _flatten(new)
+  old_flat, new_flat = flatten_fields(old), flatten_fields(new)
   return {
     field: (old_flat.get(field), new_flat.get(field))
     for field in sorted(set(old_flat) | set(new_flat))
