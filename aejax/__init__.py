@@ -1,10 +1,10 @@
-"""aejax: autoencoders and variational autoencoders in JAX/Flax."""
+"""aejax: autoencoders and variational autoencoders in JAX/Flax.
+
+`aejax.load(workdir)` is the trained-model API (aejax/api.py); the package's
+layers, bottom to top, are listed in docs/architecture.md.
+"""
+
+from aejax.api import load
 
 __version__ = "0.1.0"
-
-
-def load(workdir, step=None):
-  """The model trained in `workdir` (newest checkpoint, or `step`): see aejax.api."""
-  from aejax import api  # Imported on use: `import aejax` stays light.
-
-  return api.load(workdir, step)
+__all__ = ["load"]

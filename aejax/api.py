@@ -21,7 +21,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aejax import errors, losses, models, optim, train
+from aejax import checkpoint, errors, losses, models, parallel, steps
+from aejax import workdir as workdir_lib
+from aejax.workdir import CONFIG_FILE, RUN_INFO_FILE
 
 _CHUNK = 1024  # Images per jitted call: bounded memory whatever the input size.
 
@@ -43,11 +45,11 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
 class TrainedModel:
   """A trained autoencoder or VAE with NumPy-in, NumPy-out methods."""
 
-  def __init__(self, config: ml_collections.ConfigDict, params, image_shape, step: int):
+  def __init__(self, config: ml_collections.ConfigDict, params, image_shape, step: int, model):
     self.config = config
     self.image_shape = tuple(int(d) for d in image_shape)
     self.step = int(step)
-    self.model = models.build_model(config.model, self.image_shape)
+    self.model = model  # A Flax module keeping the model contract (aejax/models.py).
     self.params = params
     self.latent_dim = int(config.model.latent_dim)
     self.num_classes = int(config.model.num_classes)
@@ -189,49 +191,56 @@ class TrainedModel:
     return self._chunked(fn, x, z, y)
 
 
-def load(workdir: str | pathlib.Path, step: int | None = None) -> TrainedModel:
-  """The model trained in `workdir`, restored from its newest checkpoint (or `step`)."""
+def load(
+  workdir: str | pathlib.Path, step: int | None = None, *, trust_model_code: bool = False
+) -> TrainedModel:
+  """The model trained in `workdir`, restored from its newest checkpoint (or `step`).
+
+  A workdir is data: if its config names a model by import path
+  (`module.path:function`), that module is imported only with
+  `trust_model_code=True` or if this process imported it already.
+  """
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise errors.CheckpointError(f"workdir {workdir} does not exist")
-  for name in ("config.json", train.RUN_INFO_FILE):
+  for name in (CONFIG_FILE, RUN_INFO_FILE):
     if not (workdir / name).is_file():
       raise errors.CheckpointError(
         f"{workdir / name} is missing: not an aejax workdir, or training never started"
       )
   try:
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    run_info = json.loads((workdir / train.RUN_INFO_FILE).read_text())
+    config = ml_collections.ConfigDict(json.loads((workdir / CONFIG_FILE).read_text()))
+    run_info = json.loads((workdir / RUN_INFO_FILE).read_text())
     image_shape = tuple(int(d) for d in run_info["image_shape"])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise errors.CheckpointError(
-      f"{workdir}: unreadable config.json or {train.RUN_INFO_FILE} ({type(e).__name__}: {e})"
+      f"{workdir}: unreadable config.json or {RUN_INFO_FILE} ({type(e).__name__}: {e})"
     ) from e
 
-  ckpt_dir = workdir.absolute() / "checkpoints"
+  ckpt_dir = workdir.absolute() / workdir_lib.CHECKPOINTS_DIR
   if not ckpt_dir.is_dir():
     raise errors.CheckpointError(f"{ckpt_dir} does not exist: no checkpoint was saved")
   manager = ocp.CheckpointManager(
     ckpt_dir,
-    item_handlers=ocp.StandardCheckpointHandler(),  # As train.checkpoint_manager: one item.
+    item_handlers=ocp.StandardCheckpointHandler(),  # As checkpoint.checkpoint_manager: one item.
     options=ocp.CheckpointManagerOptions(read_only=True),
   )
-  steps = sorted(manager.all_steps())
-  if not steps:
+  saved_steps = sorted(manager.all_steps())
+  if not saved_steps:
     raise errors.CheckpointError(f"{ckpt_dir} holds no checkpoint")
-  if step is not None and step not in steps:
+  if step is not None and step not in saved_steps:
     raise errors.CheckpointError(
-      f"no checkpoint for step {step} in {ckpt_dir}; available: {', '.join(map(str, steps))}"
+      f"no checkpoint for step {step} in {ckpt_dir}; available: {', '.join(map(str, saved_steps))}"
     )
 
   # The abstract state (shapes only) of this config, on one device, to restore into.
-  model = models.build_model(config.model, image_shape)
-  tx = optim.make_optimizer(config.optimizer, max(1, config.total_steps))
-  mesh = train.make_mesh(jax.devices()[:1])
+  model = models.build_model(config.model, image_shape, trust_model_code=trust_model_code)
+  tx = steps.make_optimizer(model, config, max(1, config.total_steps), 1)
+  mesh = parallel.make_mesh(jax.devices()[:1])
   abstract = jax.eval_shape(
-    lambda: train.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
+    lambda: steps.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
   )
-  sharding = train.replicated(mesh)
+  sharding = parallel.replicated(mesh)
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
   )
@@ -239,14 +248,14 @@ def load(workdir: str | pathlib.Path, step: int | None = None) -> TrainedModel:
     if step is None:
       # The newest intact checkpoint: a damaged newer one is reported and skipped, not renamed
       # (loading never changes the workdir).
-      state = train.restore_latest(manager, abstract, set_aside=False)
+      state = checkpoint.restore_latest(manager, abstract, set_aside=False)
     else:
-      state = train.restore_checkpoint(manager, step, abstract)
+      state = checkpoint.restore_checkpoint(manager, step, abstract)
   except errors.CheckpointError as e:
     manager.close()
     raise errors.CheckpointError(
-      f"{workdir / 'config.json'} (model {config.model.name}, image shape {image_shape}) "
+      f"{workdir / CONFIG_FILE} (model {config.model.name}, image shape {image_shape}) "
       f"does not match the checkpoints in {ckpt_dir}, or they are damaged: {e}"
     ) from e
   manager.close()
-  return TrainedModel(config, state.params, image_shape, int(state.step))
+  return TrainedModel(config, state.params, image_shape, int(state.step), model)

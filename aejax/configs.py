@@ -8,10 +8,11 @@ per-device batch) are computed by the trainer, never stored here.
 
 import difflib
 import math
+from typing import NamedTuple
 
 import ml_collections
 
-from aejax import errors, losses, models, optim, tasks
+from aejax import errors, layers, losses, models, networks, optim, tasks
 
 DATA_SOURCES = ("auto", "tfds", "idx", "amat", "digits")
 OBJECTIVES = ("elbo", "iwae")
@@ -52,6 +53,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.log_scale = 0.0  # Gaussian: log standard deviation (fixed, or the initial value).
   c.model.learn_log_scale = False
   c.model.num_classes = 0  # > 0: conditional model (one-hot label into encoder and decoder).
+  # How the model computes, never what its parameters are (aejax/models.py): "float32", or
+  # "bfloat16" for mixed precision (bf16 compute; parameters, optimizer state and losses stay
+  # float32). conv_impl: "auto" (im2col on CPU, XLA's convolution elsewhere), "xla", "im2col".
+  c.model.dtype = "float32"
+  c.model.conv_impl = "auto"
 
   c.objective = ml_collections.ConfigDict()
   # VAEs: "elbo" (one or num_samples reparameterised samples, analytic KL) or "iwae" (the
@@ -144,7 +150,10 @@ _SEQUENCES = (
   ("optimizer.piecewise_scales", float, 0),
 )
 _BOOLS = ("data.dynamic_binarization", "model.learn_log_scale", "final_figures", "progress_bar")
-_STRINGS = ("data.name", "data.data_dir", "data.train_split", "data.eval_split")
+_STRINGS = (
+  "data.name", "data.data_dir", "data.train_split", "data.eval_split", "model.dtype",
+  "model.conv_impl",
+)  # fmt: skip
 
 
 def _get(c: ml_collections.ConfigDict, field: str):
@@ -248,21 +257,32 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     )
   if c.task.name == "superres" and c.task.superres_factor < 2:
     _fail("task.superres_factor", f"must be >= 2, got {c.task.superres_factor}")
-  if c.model.name not in models.MODELS:
-    _fail("model.name", f"unknown model {c.model.name!r}; valid: {', '.join(models.MODELS)}")
+  if not models.is_known_name(c.model.name):
+    _fail(
+      "model.name",
+      f"unknown model {c.model.name!r}; valid: {', '.join(models.MODELS)}, or an importable "
+      "builder as 'module.path:function'",
+    )
   if c.model.latent_dim < 1:
     _fail("model.latent_dim", f"must be >= 1, got {c.model.latent_dim}")
   if c.model.num_classes < 0:
     _fail("model.num_classes", f"must be >= 0, got {c.model.num_classes}")
-  if c.model.activation not in models.ACTIVATIONS:
+  if c.model.activation not in networks.ACTIVATIONS:
     _fail(
       "model.activation",
-      f"unknown activation {c.model.activation!r}; valid: {', '.join(models.ACTIVATIONS)}",
+      f"unknown activation {c.model.activation!r}; valid: {', '.join(networks.ACTIVATIONS)}",
     )
   if c.model.likelihood not in losses.LIKELIHOODS:
     _fail(
       "model.likelihood",
       f"unknown likelihood {c.model.likelihood!r}; valid: {', '.join(losses.LIKELIHOODS)}",
+    )
+  if c.model.dtype not in networks.DTYPES:
+    _fail("model.dtype", f"unknown dtype {c.model.dtype!r}; valid: {', '.join(networks.DTYPES)}")
+  if c.model.conv_impl not in layers.CONV_IMPLS:
+    _fail(
+      "model.conv_impl",
+      f"unknown convolution {c.model.conv_impl!r}; valid: {', '.join(layers.CONV_IMPLS)}",
     )
   if c.scatter_method not in ("pca", "tsne"):
     _fail("scatter_method", f"unknown method {c.scatter_method!r}; valid: pca, tsne")
@@ -354,3 +374,23 @@ def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.num_figure_images = 4
   c.progress_bar = False
   return c
+
+
+class StepCounts(NamedTuple):
+  """The step numbers a run derives from its config and the size of its training set."""
+
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int
+  checkpoint_every: int
+
+
+def step_counts(c: ml_collections.ConfigDict, num_train: int) -> StepCounts:
+  """The one place where epochs become steps (batches that do not fill a batch are dropped)."""
+  steps_per_epoch = max(num_train // c.batch_size, 1)
+  return StepCounts(
+    steps_per_epoch=steps_per_epoch,
+    total_steps=c.total_steps or c.num_epochs * steps_per_epoch,
+    eval_every=c.eval_every_steps or steps_per_epoch,
+    checkpoint_every=c.checkpoint_every_steps or steps_per_epoch,
+  )

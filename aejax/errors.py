@@ -1,4 +1,6 @@
-"""aejax's documented error for bad configuration (data errors are aejax.data.DataError)."""
+"""aejax's documented errors; the CLI (aejax/runner.py) maps each to one line and an exit code."""
+
+import signal
 
 
 class ConfigError(ValueError):
@@ -15,3 +17,42 @@ class CheckpointError(ValueError):
 
 class InputError(ValueError):
   """Arrays given to the aejax.load API have the wrong shape, dtype or range."""
+
+
+class TrainingInterrupted(Exception):
+  """Raised after a SIGTERM/SIGINT once the final checkpoint is safely written."""
+
+  def __init__(self, step: int, signum: int, workdir: str):
+    self.step, self.signum, self.workdir = step, signum, workdir
+    name = signal.Signals(signum).name
+    super().__init__(
+      f"{name} received: stopped after step {step}, checkpoint saved in {workdir}/checkpoints. "
+      "Run the same command again to resume from it."
+    )
+
+
+class NonFiniteError(Exception):
+  """A training step's loss or gradients were NaN/inf (config.nonfinite == "stop")."""
+
+  def __init__(self, step: int, what: int, last_checkpoint: int | None, workdir: str):
+    self.step, self.last_checkpoint = step, last_checkpoint
+    # `what`: bit 1 the loss, bit 2 the gradients (steps.NONFINITE_LOSS, NONFINITE_GRADS).
+    bad = [name for bit, name in ((1, "loss"), (2, "gradients")) if what & bit]
+    where = (
+      f"the last good checkpoint is step {last_checkpoint} in {workdir}/checkpoints"
+      if last_checkpoint is not None
+      else f"no checkpoint was written yet in {workdir}"
+    )
+    super().__init__(
+      f"non-finite {' and '.join(bad) or 'value'} at step {step} (train/"
+      f"{'loss' if what & 1 else 'grad_norm'} is NaN or inf); the update was not applied and "
+      f"no NaN parameters were saved; {where}. Lower the learning rate, clip gradients "
+      "(config.optimizer.grad_clip_norm) or set config.nonfinite='skip'."
+    )
+
+
+class DataError(ValueError):
+  """Bad or missing data.
+
+  The message names the data set, file/folder and the problem, and says what to do.
+  """

@@ -1,336 +1,36 @@
 """Evaluation of a trained workdir: IWAE-bound NLL, ELBO, latents, probes and FID."""
 
-import functools
 import json
 import logging
 import math
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-import aejax
-from aejax import data, errors, image_metrics, losses, tasks, train
+from aejax import (
+  accelerators,
+  api,
+  data,
+  errors,
+  estimators,
+  parallel,
+  probes,
+  progress,
+  runner,
+)
 from aejax import fid as fid_lib  # `fid` is evaluate()'s switch.
+from aejax import workdir as workdir_lib
 
-RESULTS_JSON = "eval_results.json"
-RESULTS_MD = "eval_results.md"
+RESULTS_JSON = workdir_lib.EVAL_RESULTS_JSON
+RESULTS_MD = workdir_lib.EVAL_RESULTS_MD
 
 DEFAULT_NLL_SAMPLES = 5000  # Burda et al. (2016) report -L_5000 as the test NLL.
-# Samples decoded per scan step: chunk_size x batch_size decodes are live at once (with the
-# defaults 8,192 x 784 MNIST logits, 25 MB) whatever the number of samples. Keep the product near
-# 8k on a CPU: the logits then stay in its last-level cache. 32k rows (chunks of 128) made the
-# 5000-sample NLL 1.6x slower on a 2-core CPU with 32 MB of L3 (docs/performance.md).
-DEFAULT_CHUNK_SIZE = 32
 DEFAULT_BATCH_SIZE = 256  # Images per jitted call, rounded up to a multiple of the devices.
-IWAE_KS = (1, 5, 50)  # Reported besides nll_samples: how the bound tightens with k.
-ACTIVE_UNIT_THRESHOLD = 1e-2  # Burda et al.: active if Var_x(E_q[z_u | x]) > 0.01.
-KNN_NEIGHBOURS = 5
-
-# log p(x | z) per image, (B,) nats, for images x_BxHxWxC and one latent per image z_BxD.
-LogLikelihoodFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-# ---------------------------------------------------------------------------
-# Estimators: pure functions of arrays, no trained model needed.
-
-
-def _log_weights_at(
-  key: jax.Array,
-  x_BxHxWxC: jax.Array,
-  mean_BxD: jax.Array,
-  logvar_BxD: jax.Array,
-  log_px_given_z_fn: LogLikelihoodFn,
-  index_C: jax.Array,
-) -> jax.Array:
-  """log w of the samples numbered `index_C`: (C, B).
-
-  Sample i is drawn with fold_in(key, i) and nothing else, so sample i is the
-  same whichever chunk it falls in: any chunk size sees the same samples.
-  """
-
-  def one(i):
-    eps_BxD = jax.random.normal(jax.random.fold_in(key, i), mean_BxD.shape, mean_BxD.dtype)
-    # The reparameterisation of losses.sample_gaussian: q(z|x) = N(mean, diag(exp(logvar))).
-    z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * eps_BxD
-    # log N(z; 0, I) - log q(z|x) from eps itself, (z - mean) / sigma = eps exactly; the
-    # 0.5 * log(2 pi) of both densities cancels.
-    log_pz_minus_log_qz_B = jnp.sum(
-      0.5 * jnp.square(eps_BxD) + 0.5 * logvar_BxD - 0.5 * jnp.square(z_BxD), axis=-1
-    )
-    return log_px_given_z_fn(x_BxHxWxC, z_BxD) + log_pz_minus_log_qz_B
-
-  return jax.vmap(one)(index_C)
-
-
-@functools.partial(jax.jit, static_argnames=("log_px_given_z_fn", "num_samples"))
-def log_importance_weights(
-  key: jax.Array,
-  x_BxHxWxC: jax.Array,
-  mean_BxD: jax.Array,
-  logvar_BxD: jax.Array,
-  log_px_given_z_fn: LogLikelihoodFn,
-  num_samples: int,
-) -> jax.Array:
-  """log w_k = log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x), z_k ~ q(z|x): (K, B), nats.
-
-  q(z|x) = N(mean, diag(exp(logvar))) as everywhere in aejax; every term is
-  summed over its dimensions. `log_px_given_z_fn(x_BxHxWxC, z_BxD)` returns
-  log p(x|z) per image, (B,). Materialises all K samples: for large K use
-  `iwae_bound`, which draws exactly the same samples chunk by chunk.
-  """
-  return _log_weights_at(
-    key, x_BxHxWxC, mean_BxD, logvar_BxD, log_px_given_z_fn, jnp.arange(num_samples)
-  )
-
-
-@functools.partial(jax.jit, static_argnames=("log_px_given_z_fn", "ks", "chunk_size"))
-def iwae_bounds(
-  key: jax.Array,
-  x_BxHxWxC: jax.Array,
-  mean_BxD: jax.Array,
-  logvar_BxD: jax.Array,
-  log_px_given_z_fn: LogLikelihoodFn,
-  ks: tuple[int, ...],
-  chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> jax.Array:
-  """`iwae_bound` for several k at once from one stream of samples: (len(ks), B), nats.
-
-  L_k uses samples 0..k-1, so the bounds are nested (L_5 is made of the first 5
-  samples of L_5000) and the smaller k cost nothing extra.
-  """
-  if not ks or min(ks) < 1 or chunk_size < 1:
-    raise errors.InputError(f"iwae_bound: need k >= 1 and chunk_size >= 1, got {ks}, {chunk_size}")
-  chunk = min(chunk_size, max(ks))
-  num_chunks = math.ceil(max(ks) / chunk)
-  ks_Nx1x1 = jnp.asarray(ks)[:, None, None]
-
-  def step(carry, j):
-    max_NxB, sum_NxB = carry
-    index_C = j * chunk + jnp.arange(chunk)
-    log_w_CxB = _log_weights_at(key, x_BxHxWxC, mean_BxD, logvar_BxD, log_px_given_z_fn, index_C)
-    # Samples past each k (and past the last chunk's end) get weight 0.
-    log_w_NxCxB = jnp.where(index_C[None, :, None] < ks_Nx1x1, log_w_CxB[None], -jnp.inf)
-    new_max_NxB = jnp.maximum(max_NxB, jnp.max(log_w_NxCxB, axis=1))
-    # Shift by a finite number even while every weight so far is 0 (log w = -inf): no inf - inf.
-    shift_NxB = jnp.where(jnp.isfinite(new_max_NxB), new_max_NxB, 0.0)
-    sum_NxB = sum_NxB * jnp.exp(max_NxB - shift_NxB) + jnp.sum(
-      jnp.exp(log_w_NxCxB - shift_NxB[:, None]), axis=1
-    )
-    return (new_max_NxB, sum_NxB), None
-
-  shape = (len(ks), mean_BxD.shape[0])
-  init = (jnp.full(shape, -jnp.inf, mean_BxD.dtype), jnp.zeros(shape, mean_BxD.dtype))
-  (max_NxB, sum_NxB), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
-  shift_NxB = jnp.where(jnp.isfinite(max_NxB), max_NxB, 0.0)
-  return shift_NxB + jnp.log(sum_NxB) - jnp.log(jnp.asarray(ks, mean_BxD.dtype))[:, None]
-
-
-def iwae_bound(
-  key: jax.Array,
-  x_BxHxWxC: jax.Array,
-  mean_BxD: jax.Array,
-  logvar_BxD: jax.Array,
-  log_px_given_z_fn: LogLikelihoodFn,
-  k: int,
-  chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> jax.Array:
-  """The importance-weighted bound L_k = log (1/k) sum_k w_k per image (Burda et al.): (B,), nats.
-
-  E[L_1] is the ELBO, E[L_k] rises with k to log p(x); -L_5000 is the usual
-  NLL estimate. The k samples are drawn and decoded `chunk_size` at a time
-  inside one lax.scan under one jit (one compiled program for any k) and
-  folded into a running log-sum-exp (running max m and sum s of
-  exp(log w - m)), so no more than one chunk of samples exists at once and no
-  exp overflows or underflows. Sample i uses fold_in(key, i) and nothing
-  else, so the samples do not depend on chunk_size and the result only by
-  float rounding (the order of the sums). Jitted: `log_px_given_z_fn` is a
-  static argument (a new function object compiles anew).
-  """
-  return iwae_bounds(key, x_BxHxWxC, mean_BxD, logvar_BxD, log_px_given_z_fn, (k,), chunk_size)[0]
-
-
-def active_units(
-  means_NxD: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD
-) -> tuple[int, np.ndarray]:
-  """(number of active units, Var_x(E_q[z_u|x]) per unit (D,)): active if the variance > threshold.
-
-  Burda et al.'s activity statistic: a unit whose posterior mean does not move
-  with the input carries no information about it.
-  """
-  means = np.asarray(means_NxD, np.float64)
-  if means.ndim != 2 or len(means) < 2:
-    raise errors.InputError(f"active_units: expected (N >= 2, D) means, got shape {means.shape}")
-  variances_D = means.var(axis=0)
-  return int(np.sum(variances_D > threshold)), variances_D
-
-
-def kl_per_dim(mean_NxD: np.ndarray, logvar_NxD: np.ndarray) -> np.ndarray:
-  """Mean over images of KL(q(z_u|x) || N(0, 1)) per latent dimension u: (D,), nats."""
-  mean, logvar = np.asarray(mean_NxD, np.float64), np.asarray(logvar_NxD, np.float64)
-  # losses.gaussian_kl's formula, in NumPy float64 on the host: no compilation, no float32 sums.
-  kl_NxD = 0.5 * (np.exp(logvar) + np.square(mean) - 1.0 - logvar)
-  return kl_NxD.mean(axis=0)
-
-
-def knn_accuracy(
-  train_codes: np.ndarray,
-  train_labels: np.ndarray,
-  test_codes: np.ndarray,
-  test_labels: np.ndarray,
-  k: int = KNN_NEIGHBOURS,
-) -> float:
-  """Test accuracy of a k-nearest-neighbour classifier (Euclidean) on standardised codes."""
-  # Imported on use: scikit-learn takes seconds to import and only the probes need it.
-  from sklearn.neighbors import KNeighborsClassifier
-  from sklearn.pipeline import make_pipeline
-  from sklearn.preprocessing import StandardScaler
-
-  # Standardised like the linear probe, so an AE's arbitrary code scale per unit does not decide.
-  knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k))
-  knn.fit(np.asarray(train_codes, np.float64), np.asarray(train_labels))
-  return float(knn.score(np.asarray(test_codes, np.float64), np.asarray(test_labels)))
-
-
-def bits_per_dim(nll_nats: float, num_dims: int) -> float:
-  """Bits per dimension of 8-bit data from the NLL (nats per image) of its dequantised version.
-
-  The convention: 8-bit levels k in {0..255} become y = (k + u) / 256 with
-  u ~ U[0, 1)^D (uniform dequantisation onto [0, 1)); a density p(y) then
-  gives the discrete probability P(k) = integral over the bin >= 256^-D
-  exp(E_u log p(y)) (Jensen), so bits/dim = (nll_nats / D + log 256) / log 2
-  is an upper bound on -log2 P(k) / D (in expectation, since -L_k >= -log p(y)
-  on average too).
-  """
-  return (nll_nats / num_dims + math.log(256.0)) / math.log(2.0)
-
-
-def dequantise(key: jax.Array, x_BxHxWxC: jax.Array) -> jax.Array:
-  """8-bit images k / 255 in [0, 1] -> (k + u) / 256, u ~ U[0, 1): see `bits_per_dim`."""
-  levels = jnp.round(x_BxHxWxC * 255.0)
-  return (levels + jax.random.uniform(key, x_BxHxWxC.shape, x_BxHxWxC.dtype)) / 256.0
-
-
-def _is_8bit(images: np.ndarray) -> bool:
-  """Grey levels k / 255 (within float32 rounding), and more than two of them (not binary data)."""
-  levels = images * 255.0
-  rounded = np.round(levels)
-  return bool(np.all(np.abs(levels - rounded) < 1e-3)) and len(np.unique(rounded)) > 2
-
-
-def _mean_and_stderr(values: np.ndarray) -> tuple[float, float | None]:
-  """Mean over images and its standard error std / sqrt(N) (None for one image)."""
-  values = np.asarray(values, np.float64)
-  stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
-  return float(values.mean()), stderr
-
-
-# ---------------------------------------------------------------------------
-# A trained workdir.
-
-
-def _make_batch_fn(handle, mesh, ks: Sequence[int], chunk_size: int):
-  """`(params, images, labels, key, dequantised) -> per-image metrics (B,), codes, reconstructions`.
-
-  The batch is the task's: tasks.make_batch corrupts (denoise), downsamples
-  (superres) or binarizes (dynamic binarization) with the key, so a model is
-  scored on what it was trained for. `dequantised` (a traced bool, so both
-  passes share one compiled program) first dequantises the images
-  uniformly: the pass of bits/dim (see `bits_per_dim`).
-  """
-  model, config = handle.model, handle.config
-  likelihood = config.model.likelihood
-
-  def fn(params, images, labels, key, dequantised):
-    key_task, key_elbo, key_iwae, key_dequantise = jax.random.split(key, 4)
-    images = jnp.where(dequantised, dequantise(key_dequantise, images), images)
-    batch = tasks.make_batch(key_task, images, labels, config)
-    x_in, target = batch["input"], batch["target"]
-    y = batch.get("label") if handle.num_classes else None
-    log_scale = train.likelihood_log_scale(params, config)
-
-    def decode(z_BxD):
-      return model.apply({"params": params}, z_BxD, y, method="decode")
-
-    def log_px_given_z(x_BxHxWxC, z_BxD):
-      return -losses.reconstruction_nll(likelihood, decode(z_BxD), x_BxHxWxC, log_scale)
-
-    codes = model.apply({"params": params}, x_in, y, method="encode")
-    out = {}
-    if handle.is_variational:
-      mean, logvar = codes["mean"], codes["logvar"]
-      # One pass over max(ks) samples gives every L_k (nested: L_5 is the first 5 samples).
-      bounds = iwae_bounds(key_iwae, target, mean, logvar, log_px_given_z, tuple(ks), chunk_size)
-      out.update({f"iwae_{k}": bound for k, bound in zip(ks, bounds, strict=True)})
-      out["recon"] = -log_px_given_z(target, losses.sample_gaussian(key_elbo, mean, logvar))
-      out["kl"] = losses.gaussian_kl(mean, logvar).sum(axis=-1)
-      out["mean"], out["logvar"] = mean, logvar
-      code = mean
-    else:
-      code = codes["z"]
-      out["z"] = code
-    # Image metrics of the deterministic reconstruction (posterior mean for a VAE), as
-    # TrainedModel.reconstruct and the task metrics use; a plain AE's recon NLL is of it too.
-    logits = decode(code)
-    if not handle.is_variational:
-      out["recon"] = -log_px_given_z(target, code)
-    pixel = losses.per_pixel_metrics(logits, target)
-    out.update(bce_per_pixel=pixel["bce_per_pixel"], mse=pixel["mse_per_pixel"], psnr=pixel["psnr"])
-    out["reconstruction"] = jax.nn.sigmoid(logits)  # For the FID of the reconstructions.
-    out["ssim"] = image_metrics.ssim(out["reconstruction"], target)
-    return out
-
-  # Outputs replicated: (B,), (B, D) and (B, H, W, C) arrays that every host can then read.
-  return jax.jit(fn, out_shardings=train.replicated(mesh))
-
-
-def _make_embed_fn(handle, mesh):
-  """`(params, images, labels, key) -> codes (B, D)` of the task's input: for the probes."""
-  model, config = handle.model, handle.config
-
-  def fn(params, images, labels, key):
-    batch = tasks.make_batch(key, images, labels, config)
-    y = batch.get("label") if handle.num_classes else None
-    codes = model.apply({"params": params}, batch["input"], y, method="encode")
-    return codes["mean"] if handle.is_variational else codes["z"]
-
-  return jax.jit(fn, out_shardings=train.replicated(mesh))
-
-
-def _map_batches(fn, params, image_set: data.ImageSet, batch_size: int, mesh, key, *args) -> dict:
-  """fn over the split in sharded batches of `batch_size` (the last one padded); host arrays.
-
-  Batch j uses fold_in(key, j), so the numbers are a function of the seed and
-  the batch size only.
-  """
-  sharding = train.batch_sharded(mesh)
-  count = len(image_set.images)
-  outs = []
-  last_log = time.perf_counter()
-  for j, start in enumerate(range(0, count, batch_size)):
-    parts = [image_set.images[start : start + batch_size]]
-    if image_set.labels is not None:
-      parts.append(image_set.labels[start : start + batch_size])
-    size = len(parts[0])
-    # Zero padding to a whole batch: one compiled shape, the padded rows are dropped below.
-    parts = [
-      np.concatenate([p, np.zeros((batch_size - size, *p.shape[1:]), p.dtype)]) for p in parts
-    ]
-    sharded = [
-      jax.make_array_from_callback(p.shape, sharding, lambda index, p=p: p[index]) for p in parts
-    ]
-    labels = sharded[1] if len(sharded) > 1 else None
-    out = jax.device_get(fn(params, sharded[0], labels, jax.random.fold_in(key, j), *args))
-    outs.append(jax.tree.map(lambda a, size=size: np.asarray(a)[:size], out))
-    if time.perf_counter() - last_log > 30:
-      logging.info("evaluated %d / %d images", start + size, count)
-      last_log = time.perf_counter()
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
 def _peak_rss_mib() -> float | None:
@@ -405,7 +105,7 @@ def evaluate(
   split: str = "test",
   nll_samples: int = DEFAULT_NLL_SAMPLES,
   seed: int = 0,
-  chunk_size: int = DEFAULT_CHUNK_SIZE,
+  chunk_size: int = estimators.DEFAULT_CHUNK_SIZE,
   batch_size: int = DEFAULT_BATCH_SIZE,
   probe_train_size: int = 10000,
   limit: int | None = None,
@@ -413,6 +113,7 @@ def evaluate(
   fid_extractor: fid_lib.FeatureExtractor | None = None,
   fid_cache_dir: str | pathlib.Path | None = None,
   fid_classifier_steps: int | None = None,
+  trust_model_code: bool = False,
 ) -> dict:
   """Evaluates the newest checkpoint of `workdir` on `split`; writes eval_results.{json,md} there.
 
@@ -460,7 +161,7 @@ def evaluate(
   if fid_classifier_steps is not None:
     _check_positive("fid_classifier_steps", fid_classifier_steps)
   workdir = pathlib.Path(workdir)
-  handle = aejax.load(workdir)
+  handle = api.load(workdir, trust_model_code=trust_model_code)
   config = handle.config
   load_kwargs = dict(source=config.data.source, data_dir=config.data.data_dir or None)
   eval_set = data.load(config.data.name, split, limit=limit, **load_kwargs)
@@ -470,15 +171,15 @@ def evaluate(
       f"in {workdir} was trained on {handle.image_shape}"
     )
   if handle.num_classes:
-    train.check_labels(eval_set, handle.num_classes)
+    data.check_labels(eval_set, handle.num_classes)
 
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   # A multiple of the device count, and no bigger than the split needs (padding costs samples).
   batch_size = mesh.size * math.ceil(min(batch_size, len(eval_set.images)) / mesh.size)
-  params = jax.device_put(handle.params, train.replicated(mesh))
+  params = jax.device_put(handle.params, parallel.replicated(mesh))
   root = jax.random.key(seed)
   key_eval, key_probe = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-  ks = sorted({k for k in IWAE_KS if k <= nll_samples} | {nll_samples})
+  ks = sorted({k for k in estimators.IWAE_KS if k <= nll_samples} | {nll_samples})
   logging.info(
     "evaluating %s (step %d) on %d images of %s/%s on %d devices, batch %d%s",
     config.model.name,
@@ -491,9 +192,15 @@ def evaluate(
     f", L_k for k in {ks} in chunks of {chunk_size}" if handle.is_variational else "",
   )
 
-  batch_fn = _make_batch_fn(handle, mesh, ks, chunk_size)
+  # Seconds per phase for the summary; each phase logs its start and end, the long ones their
+  # progress, so a log file never goes quiet for long.
+  phases = progress.Phases()
+  batch_fn = estimators.make_batch_fn(handle, mesh, ks, chunk_size)
   pass_started = time.perf_counter()
-  per_image = _map_batches(batch_fn, params, eval_set, batch_size, mesh, key_eval, False)
+  with phases.phase("bounds", f"{len(eval_set.images)} images", heartbeat=False):
+    per_image = estimators.map_batches(
+      batch_fn, params, eval_set, batch_size, mesh, key_eval, False, desc="bounds"
+    )
   # The main pass: every L_k (the NLL's nll_samples decodes per image), the ELBO and the image
   # metrics, compile included. The rest (probes, FID, bits/dim pass) is timed by `seconds`.
   main_pass_seconds = time.perf_counter() - pass_started
@@ -501,82 +208,37 @@ def evaluate(
   results: dict = {}
   notes: list[str] = []
   if handle.is_variational:
-    neg_elbo = per_image["recon"] + per_image["kl"]
-    results["elbo"], results["elbo_stderr"] = _mean_and_stderr(-neg_elbo)
-    results["elbo_mc"], results["elbo_mc_stderr"] = _mean_and_stderr(per_image["iwae_1"])
-    results["recon"] = float(per_image["recon"].mean(dtype=np.float64))
-    results["kl"] = float(per_image["kl"].mean(dtype=np.float64))
-    nll, nll_stderr = _mean_and_stderr(-per_image[f"iwae_{nll_samples}"])
-    results.update(nll=nll, nll_stderr=nll_stderr, nll_samples=nll_samples)
-    results["iwae_bound_k"] = {
-      str(k): float(per_image[f"iwae_{k}"].mean(dtype=np.float64)) for k in ks
-    }
-    if len(eval_set.images) > 1:
-      count, _ = active_units(per_image["mean"])
-      results["active_units"] = count
-    results["kl_per_dim"] = kl_per_dim(per_image["mean"], per_image["logvar"]).tolist()
-    binary = config.data.dynamic_binarization or bool(
-      np.all((eval_set.images == 0.0) | (eval_set.images == 1.0))
-    )
-    if config.model.likelihood == "bernoulli" and not binary:
-      notes.append(
-        "the targets are grey levels under a Bernoulli decoder: nll, elbo and recon are "
-        "cross-entropies (the lesson's BCE), not log-likelihoods of the data."
-      )
-    if config.data.dynamic_binarization:
-      notes.append("targets dynamically binarized: one fixed Bernoulli draw per image (the seed).")
-    if config.model.likelihood == "gaussian":
-      if config.data.dynamic_binarization or not _is_8bit(eval_set.images):
-        notes.append(
-          "bits_per_dim omitted: the data are not 8-bit grey levels k/255 "
-          "(binary, binarized or of another depth), so the 8-bit dequantisation does not apply."
-        )
-      else:
-        # The same program and keys as the main pass (same corruption and samples), one more
-        # key for u; it computes every metric again, a small cost beside the NLL.
-        deq = _map_batches(batch_fn, params, eval_set, batch_size, mesh, key_eval, True)
-        results["nll_dequantised"] = float(-deq[f"iwae_{nll_samples}"].mean(dtype=np.float64))
-        results["bits_per_dim"] = bits_per_dim(
-          results["nll_dequantised"], math.prod(handle.image_shape)
-        )
+    _add_variational_results(
+      results, notes, phases, per_image, handle, eval_set, nll_samples, ks,
+      lambda desc: estimators.map_batches(
+        batch_fn, params, eval_set, batch_size, mesh, key_eval, True, desc=desc
+      ),
+    )  # fmt: skip
   else:
     results["recon"] = float(per_image["recon"].mean(dtype=np.float64))
   for name in ("bce_per_pixel", "mse", "psnr", "ssim"):
     results[name] = float(per_image[name].mean(dtype=np.float64))
 
-  if handle.num_classes:
-    notes.append("probes omitted: a conditional model's encoder is given the label.")
-  elif eval_set.labels is None:
-    notes.append(f"probes omitted: {config.data.name} has no labels.")
-  elif probe_train_size:
-    train_set = data.load(
-      config.data.name, config.data.train_split, limit=probe_train_size, **load_kwargs
-    )
-    if train_set.labels is not None and len(train_set.images) > KNN_NEIGHBOURS:
-      from aejax import pca_vs_ae  # Its linear probe; imported on use like scikit-learn.
-
-      embed_fn = _make_embed_fn(handle, mesh)
-      train_codes = _map_batches(embed_fn, params, train_set, batch_size, mesh, key_probe)
-      test_codes = per_image["mean" if handle.is_variational else "z"]
-      results["linear_probe_accuracy"] = pca_vs_ae.linear_probe_accuracy(
-        train_codes, train_set.labels, test_codes, eval_set.labels, seed=seed
-      )
-      results["knn_accuracy"] = knn_accuracy(
-        train_codes, train_set.labels, test_codes, eval_set.labels
-      )
-      results["probe_train_size"] = len(train_set.images)
+  notes += _add_probe_results(
+    results, phases, per_image, handle, eval_set, probe_train_size, seed, load_kwargs,
+    lambda train_set: estimators.map_batches(
+      estimators.make_embed_fn(handle, mesh), params, train_set, batch_size, mesh, key_probe,
+      desc="probe codes",
+    ),
+  )  # fmt: skip
 
   if fid:
-    fid_results, fid_notes = _fid_results(
-      handle,
-      eval_set,
-      per_image["reconstruction"],
-      fid_extractor,
-      fid_cache_dir,
-      fid_classifier_steps,
-      seed,
-      load_kwargs,
-    )
+    with phases.phase("fid"):
+      fid_results, fid_notes = _fid_results(
+        handle,
+        eval_set,
+        per_image["reconstruction"],
+        fid_extractor,
+        fid_cache_dir,
+        fid_classifier_steps,
+        seed,
+        load_kwargs,
+      )
     results.update(fid_results)
     notes += fid_notes
 
@@ -596,15 +258,99 @@ def evaluate(
     seconds=time.perf_counter() - started,
     main_pass_seconds=main_pass_seconds,
     main_pass_images_per_sec=len(eval_set.images) / main_pass_seconds,
+    phase_seconds=dict(phases.seconds),
     peak_rss_mib=_peak_rss_mib(),
   )
   if notes:
     results["notes"] = notes
   if jax.process_index() == 0:
-    train.write_atomically(workdir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
-    train.write_atomically(workdir / RESULTS_MD, markdown_table(results) + "\n")
+    workdir_lib.write_atomically(workdir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
+    workdir_lib.write_atomically(workdir / RESULTS_MD, markdown_table(results) + "\n")
+  logging.info(
+    "evaluated in %s; phases: %s", progress.format_duration(results["seconds"]), phases.summary()
+  )
   logging.info("wrote %s and %s in %.1f s", RESULTS_JSON, RESULTS_MD, results["seconds"])
   return results
+
+
+def _add_variational_results(
+  results, notes, phases, per_image, handle, eval_set, nll_samples, ks, dequantised_pass
+) -> None:
+  """A VAE's ELBO, L_k bounds, NLL, active units, KL per dimension and bits/dim into `results`.
+
+  `dequantised_pass(desc)` runs the main pass again on dequantised images (bits/dim only).
+  """
+  config = handle.config
+  neg_elbo = per_image["recon"] + per_image["kl"]
+  results["elbo"], results["elbo_stderr"] = estimators.mean_and_stderr(-neg_elbo)
+  results["elbo_mc"], results["elbo_mc_stderr"] = estimators.mean_and_stderr(per_image["iwae_1"])
+  results["recon"] = float(per_image["recon"].mean(dtype=np.float64))
+  results["kl"] = float(per_image["kl"].mean(dtype=np.float64))
+  nll, nll_stderr = estimators.mean_and_stderr(-per_image[f"iwae_{nll_samples}"])
+  results.update(nll=nll, nll_stderr=nll_stderr, nll_samples=nll_samples)
+  results["iwae_bound_k"] = {
+    str(k): float(per_image[f"iwae_{k}"].mean(dtype=np.float64)) for k in ks
+  }
+  if len(eval_set.images) > 1:
+    with phases.phase("active_units"):
+      count, _ = estimators.active_units(per_image["mean"])
+    results["active_units"] = count
+  results["kl_per_dim"] = estimators.kl_per_dim(per_image["mean"], per_image["logvar"]).tolist()
+  binary = config.data.dynamic_binarization or bool(
+    np.all((eval_set.images == 0.0) | (eval_set.images == 1.0))
+  )
+  if config.model.likelihood == "bernoulli" and not binary:
+    notes.append(
+      "the targets are grey levels under a Bernoulli decoder: nll, elbo and recon are "
+      "cross-entropies (the lesson's BCE), not log-likelihoods of the data."
+    )
+  if config.data.dynamic_binarization:
+    notes.append("targets dynamically binarized: one fixed Bernoulli draw per image (the seed).")
+  if config.model.likelihood == "gaussian":
+    if config.data.dynamic_binarization or not estimators.is_8bit(eval_set.images):
+      notes.append(
+        "bits_per_dim omitted: the data are not 8-bit grey levels k/255 "
+        "(binary, binarized or of another depth), so the 8-bit dequantisation does not apply."
+      )
+    else:
+      # The same program and keys as the main pass (same corruption and samples), one more
+      # key for u; it computes every metric again, a small cost beside the NLL.
+      with phases.phase("bits_per_dim", "bounds of the dequantised images", heartbeat=False):
+        deq = dequantised_pass("bits_per_dim")
+      results["nll_dequantised"] = float(-deq[f"iwae_{nll_samples}"].mean(dtype=np.float64))
+      results["bits_per_dim"] = estimators.bits_per_dim(
+        results["nll_dequantised"], math.prod(handle.image_shape)
+      )
+
+
+def _add_probe_results(
+  results, phases, per_image, handle, eval_set, probe_train_size, seed, load_kwargs, embed
+) -> list[str]:
+  """Linear-probe and k-NN accuracy of the codes into `results`; returns notes on what was not.
+
+  `embed(train_set)` gives the codes of the training images the probes fit on.
+  """
+  config, notes = handle.config, []
+  if handle.num_classes:
+    notes.append("probes omitted: a conditional model's encoder is given the label.")
+  elif eval_set.labels is None:
+    notes.append(f"probes omitted: {config.data.name} has no labels.")
+  elif probe_train_size:
+    with phases.phase("probes", f"up to {probe_train_size} training images"):
+      train_set = data.load(
+        config.data.name, config.data.train_split, limit=probe_train_size, **load_kwargs
+      )
+      if train_set.labels is not None and len(train_set.images) > probes.KNN_NEIGHBOURS:
+        train_codes = embed(train_set)
+        test_codes = per_image["mean" if handle.is_variational else "z"]
+        results["linear_probe_accuracy"] = probes.linear_probe_accuracy(
+          train_codes, train_set.labels, test_codes, eval_set.labels, seed=seed
+        )
+        results["knn_accuracy"] = probes.knn_accuracy(
+          train_codes, train_set.labels, test_codes, eval_set.labels
+        )
+        results["probe_train_size"] = len(train_set.images)
+  return notes
 
 
 def _fmt(value: float, stderr: float | None = None, digits: int = 2) -> str:
@@ -649,7 +395,7 @@ def markdown_table(results: dict) -> str:
       ]
     if "active_units" in r:
       lines.append(
-        f"| active units (Var_x E_q[z_u\\|x] > {ACTIVE_UNIT_THRESHOLD}) | "
+        f"| active units (Var_x E_q[z_u\\|x] > {estimators.ACTIVE_UNIT_THRESHOLD}) | "
         f"{r['active_units']} of {len(r['kl_per_dim'])} | units |"
       )
     kl_dims = ", ".join(f"{v:.2f}" for v in r["kl_per_dim"])
@@ -668,7 +414,7 @@ def markdown_table(results: dict) -> str:
     lines += [
       f"| linear probe accuracy (logistic regression, {r['probe_train_size']} train codes) | "
       f"{_fmt(r['linear_probe_accuracy'], digits=4)} | fraction |",
-      f"| {KNN_NEIGHBOURS}-NN accuracy | {_fmt(r['knn_accuracy'], digits=4)} | fraction |",
+      f"| {probes.KNN_NEIGHBOURS}-NN accuracy | {_fmt(r['knn_accuracy'], digits=4)} | fraction |",
     ]
   if "fid_features" in r:
     features = r["fid_features"]
@@ -701,7 +447,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of every sample and corruption.")
   flags.DEFINE_integer("limit", 0, "> 0: only the first N images of the split.")
   flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per jitted call.")
-  flags.DEFINE_integer("chunk_size", DEFAULT_CHUNK_SIZE, "Importance samples per scan step.")
+  flags.DEFINE_integer(
+    "chunk_size", estimators.DEFAULT_CHUNK_SIZE, "Importance samples per scan step."
+  )
   flags.DEFINE_integer("probe_train_size", 10000, "Training images for the probes (0: none).")
   flags.DEFINE_bool("fid", True, "FID of samples (VAEs) and reconstructions (see aejax.fid).")
   flags.DEFINE_string(
@@ -712,35 +460,42 @@ def _define_flags() -> None:
   flags.DEFINE_integer(
     "fid_classifier_steps", 0, "> 0: FID classifier training steps (default: fid.default_steps)."
   )
+  flags.DEFINE_bool(
+    "trust_model_code",
+    False,
+    "Import the model module that the workdir's config names (module.path:function).",
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.getLogger().setLevel(logging.INFO)
-  # Orbax logs every checkpoint stage at INFO through absl; keep its warnings only.
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  runner.setup_logging()
+  # The devices first: on a machine with an unused GPU or TPU, JAX's warning and aejax's line
+  # naming the install command are the first lines of the log.
+  accelerators.log_devices()
   f = flags.FLAGS
-  try:
-    results = evaluate(
-      f.workdir,
-      split=f.split,
-      nll_samples=f.nll_samples,
-      seed=f.seed,
-      chunk_size=f.chunk_size,
-      batch_size=f.batch_size,
-      probe_train_size=f.probe_train_size,
-      limit=f.limit or None,
-      fid=f.fid,
-      fid_cache_dir=f.fid_cache_dir,
-      fid_classifier_steps=f.fid_classifier_steps or None,
+  runner.run(
+    lambda: print(
+      markdown_table(
+        evaluate(
+          f.workdir,
+          split=f.split,
+          nll_samples=f.nll_samples,
+          seed=f.seed,
+          chunk_size=f.chunk_size,
+          batch_size=f.batch_size,
+          probe_train_size=f.probe_train_size,
+          limit=f.limit or None,
+          fid=f.fid,
+          fid_cache_dir=f.fid_cache_dir,
+          fid_classifier_steps=f.fid_classifier_steps or None,
+          trust_model_code=f.trust_model_code,
+        )
+      )
     )
-  except (errors.CheckpointError, errors.InputError, errors.ConfigError, data.DataError) as error:
-    # aejax's documented errors: one line naming the problem, no traceback.
-    logging.error("%s: %s", type(error).__name__, " ".join(str(error).split()))
-    sys.exit(2)
-  print(markdown_table(results))
+  )
 
 
 def cli() -> None:

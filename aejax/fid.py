@@ -36,7 +36,6 @@ reference FIDs of real images: test vs train, test vs noisy test (measured in
 docs/evaluation.md).
 """
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -45,10 +44,8 @@ import math
 import os
 import pathlib
 import shutil
-import sys
 import time
 import uuid
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -58,7 +55,14 @@ import optax
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from aejax import data, errors, train
+from aejax import data, errors, parallel, runner
+from aejax.frechet import FeatureExtractor, feature_statistics, fid, frechet_distance
+
+# The metric itself is in aejax/frechet.py; fid.fid and fid.FeatureExtractor stay this API.
+__all__ = [
+  "FeatureExtractor", "classifier_extractor", "feature_statistics", "fid", "frechet_distance",
+  "reference_fids", "train_classifier",
+]  # fmt: skip
 
 CACHE_ENV = "AEJAX_FID_CACHE"
 DEFAULT_CACHE_DIR = "~/.cache/aejax/fid_classifiers"
@@ -75,116 +79,6 @@ MIN_DEFAULT_STEPS = 500
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 1e-3
 _APPLY_BATCH = 512  # Images per jitted feature call.
-
-
-# ---------------------------------------------------------------------------
-# The distance: float64 NumPy on the host.
-
-
-def feature_statistics(features_NxF) -> tuple[np.ndarray, np.ndarray]:
-  """(mean (F,), covariance (F, F)) of the features in float64; the covariance with 1 / (N - 1)."""
-  x = np.asarray(features_NxF, np.float64)
-  if x.ndim != 2 or len(x) < 2:
-    raise errors.InputError(f"feature_statistics: expected (N >= 2, F) features, got {x.shape}")
-  if not np.all(np.isfinite(x)):
-    raise errors.InputError("feature_statistics: the features contain NaN or inf")
-  return x.mean(axis=0), np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
-
-
-def _sqrt_psd(cov_FxF: np.ndarray) -> np.ndarray:
-  """The symmetric square root of a covariance; rounding's tiny negative eigenvalues become 0."""
-  eigenvalues, vectors = np.linalg.eigh(cov_FxF)
-  return (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
-
-
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-  """||mu1 - mu2||^2 + Tr(C1) + Tr(C2) - 2 Tr((C1 C2)^(1/2)), in float64: the squared W2 distance.
-
-  C1 C2 is not symmetric, and scipy.linalg.sqrtm of it returns complex
-  values and loses accuracy when the covariances are (near) singular, as they
-  are with fewer images than features or with dead ReLU units. Instead:
-  C1 C2 = S (S C2) with S = C1^(1/2), and S C2 S = (S C2) S has the same
-  eigenvalues (AB and BA do), and is symmetric positive semi-definite. So
-  Tr((C1 C2)^(1/2)) = sum_i sqrt(lambda_i(S C2 S)), from a symmetric
-  eigen-decomposition, with rounding's tiny negative eigenvalues set to 0.
-  The result is clipped at 0 (it can come out at -1e-12 for equal inputs).
-  """
-  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-  cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
-  f = mu1.shape[0] if mu1.ndim == 1 else -1
-  if mu2.shape != (f,) or cov1.shape != (f, f) or cov2.shape != (f, f):
-    raise errors.InputError(
-      "frechet_distance: expected means (F,) and covariances (F, F) of one F, got "
-      f"{mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape}"
-    )
-  if not all(np.all(np.isfinite(a)) for a in (mu1, mu2, cov1, cov2)):
-    raise errors.InputError("frechet_distance: the statistics contain NaN or inf")
-  # Symmetrise first: a covariance computed in floating point is symmetric only to rounding.
-  cov1, cov2 = 0.5 * (cov1 + cov1.T), 0.5 * (cov2 + cov2.T)
-  sqrt_cov1 = _sqrt_psd(cov1)
-  product = sqrt_cov1 @ cov2 @ sqrt_cov1
-  eigenvalues = np.linalg.eigvalsh(0.5 * (product + product.T))
-  trace_sqrt = np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None)))
-  diff = mu1 - mu2
-  distance = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt
-  return float(max(distance, 0.0))
-
-
-# ---------------------------------------------------------------------------
-# Feature extractors.
-
-
-def _check_images(images, what: str, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
-  x = np.asarray(images)
-  if x.ndim != 4 or len(x) == 0:
-    raise errors.InputError(f"{what}: expected images (N >= 1, H, W, C), got shape {x.shape}")
-  if image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
-    raise errors.InputError(
-      f"{what}: images of shape {tuple(x.shape[1:])}, but it takes {tuple(image_shape)}"
-    )
-  if not np.issubdtype(x.dtype, np.floating):
-    raise errors.InputError(f"{what}: dtype {x.dtype}; expected floats in [0, 1]")
-  if not (np.all(np.isfinite(x)) and x.min() >= 0.0 and x.max() <= 1.0):
-    raise errors.InputError(f"{what}: values must be finite and lie in [0, 1]")
-  return x.astype(np.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureExtractor:
-  """A named map from images (N, H, W, C) in [0, 1] to features (N, F).
-
-  Attributes:
-    name: says exactly which network and weights make the features; written beside every FID.
-    fn: images_NxHxWxC (float32 in [0, 1]) -> features (N, F).
-    image_shape: (H, W, C) the network takes, or None for any.
-    test_accuracy: the network's test accuracy where it is a classifier aejax measured.
-  """
-
-  name: str
-  fn: Callable[[np.ndarray], np.ndarray]
-  image_shape: tuple[int, ...] | None = None
-  test_accuracy: float | None = None
-
-  def __call__(self, images_NxHxWxC) -> np.ndarray:
-    x = _check_images(images_NxHxWxC, f"feature extractor {self.name}", self.image_shape)
-    features = np.asarray(self.fn(x))
-    if features.ndim != 2 or len(features) != len(x):
-      raise errors.InputError(
-        f"feature extractor {self.name}: returned shape {features.shape} for {len(x)} images; "
-        "expected (N, F)"
-      )
-    return features
-
-
-def fid(extractor, images_a, images_b) -> float:
-  """FID between two image sets (N, H, W, C) in [0, 1] on `extractor`'s features.
-
-  FID is biased upwards at small N (the covariances are estimated): compare
-  numbers computed with the same numbers of images and the same extractor.
-  """
-  stats_a = feature_statistics(extractor(images_a))
-  stats_b = feature_statistics(extractor(images_b))
-  return frechet_distance(*stats_a, *stats_b)
 
 
 # ---------------------------------------------------------------------------
@@ -248,7 +142,7 @@ def _params_sha256(params) -> str:
 
 def _apply_in_batches(apply_fn, params, images: np.ndarray, mesh) -> tuple[np.ndarray, ...]:
   """apply_fn(params, x) over batches sharded over `mesh`, the last one zero-padded: host arrays."""
-  sharding = train.batch_sharded(mesh)
+  sharding = parallel.batch_sharded(mesh)
   # A multiple of the device count, no bigger than the images need.
   size = mesh.size * math.ceil(min(_APPLY_BATCH, len(images)) / mesh.size)
   outs = []
@@ -269,7 +163,7 @@ def _make_apply(model, mesh):
   no collective in the program. (On many fake CPU devices sharing a few
   cores, a collective that waits on Eigen's thread pool can stall.)
   """
-  sharding = train.batch_sharded(mesh)
+  sharding = parallel.batch_sharded(mesh)
   return jax.jit(lambda p, x: model.apply({"params": p}, x), out_shardings=(sharding, sharding))
 
 
@@ -321,9 +215,6 @@ def train_classifier(
   if train_set.labels.min() < 0:
     raise errors.InputError(f"fid: {data_name}/train has negative labels")
   num_classes = int(max(train_set.labels.max(), test_set.labels.max())) + 1
-  # One device: a 0.4M-parameter net trained for ~1,000 steps gains little from data parallelism,
-  # and its gradient all-reduce is what stalls on fake CPU devices (see _make_apply).
-  mesh = train.make_mesh(jax.local_devices()[:1])
   num_train = len(train_set.images)
   steps, batch_size = _resolve_sizes(num_train, steps, batch_size)
   folder = _folder(cache_dir, data_name, seed, steps, batch_size, learning_rate)
@@ -342,50 +233,12 @@ def train_classifier(
   )
 
   model = Classifier(num_classes)
-  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
-  root = jax.random.key(seed)
-  key_init, key_shuffle = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-
-  def init(k):
-    params = model.init(k, jnp.zeros((1, *image_shape), jnp.float32))["params"]
-    return params, tx.init(params)
-
-  # Initialised under jit with replicated outputs: the state goes straight onto every device.
-  state = jax.jit(init, out_shardings=train.replicated(mesh))(key_init)
-
-  def step_fn(state, x_BxHxWxC, y_B):
-    params, opt_state = state
-
-    def loss_fn(p):
-      logits, _ = model.apply({"params": p}, x_BxHxWxC)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y_B).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  # The state is donated: updated in place, not copied, at every step.
-  step_jit = jax.jit(step_fn, donate_argnums=0)
-  sharding = train.batch_sharded(mesh)
+  params, loss = _fit(model, train_set, seed, steps, batch_size, learning_rate)
   steps_per_epoch = num_train // batch_size
-  perm = None
-  loss = None
-  for step in range(steps):
-    epoch, index = divmod(step, steps_per_epoch)
-    if index == 0:
-      # Epoch e's order is a function of the seed and e only.
-      perm = np.asarray(jax.random.permutation(jax.random.fold_in(key_shuffle, epoch), num_train))
-    idx = perm[index * batch_size : (index + 1) * batch_size]
-    x = train_set.images[idx]
-    y = train_set.labels[idx]
-    x = jax.make_array_from_callback(x.shape, sharding, lambda i, a=x: a[i])
-    y = jax.make_array_from_callback(y.shape, sharding, lambda i, a=y: a[i])
-    state, loss = step_jit(state, x, y)
-  params = state[0]
   train_seconds = time.perf_counter() - started
 
-  eval_mesh = train.make_mesh(jax.local_devices())
-  params = jax.device_put(params, train.replicated(eval_mesh))
+  eval_mesh = parallel.make_mesh(jax.local_devices())
+  params = jax.device_put(params, parallel.replicated(eval_mesh))
   logits, _ = _apply_in_batches(_make_apply(model, eval_mesh), params, test_set.images, eval_mesh)
   test_accuracy = float(np.mean(np.argmax(logits, axis=-1) == test_set.labels))
   sha = _params_sha256(params)
@@ -421,6 +274,59 @@ def train_classifier(
   return info
 
 
+def _fit(model, train_set: data.ImageSet, seed: int, steps: int, batch_size: int, learning_rate):
+  """Adam with a cosine decay over `steps` of softmax cross-entropy, on one device.
+
+  Returns the parameters and the last step's loss. Epoch e's order is a
+  function of the seed and e only.
+  """
+  # One device: a 0.4M-parameter net trained for ~1,000 steps gains little from data parallelism,
+  # and its gradient all-reduce is what stalls on fake CPU devices (see _make_apply).
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  image_shape = train_set.images.shape[1:]
+  num_train = len(train_set.images)
+  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+  root = jax.random.key(seed)
+  key_init, key_shuffle = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+
+  def init(k):
+    params = model.init(k, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+    return params, tx.init(params)
+
+  # Initialised under jit with replicated outputs: the state goes straight onto every device.
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(key_init)
+
+  def step_fn(state, x_BxHxWxC, y_B):
+    params, opt_state = state
+
+    def loss_fn(p):
+      logits, _ = model.apply({"params": p}, x_BxHxWxC)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y_B).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  # The state is donated: updated in place, not copied, at every step.
+  step_jit = jax.jit(step_fn, donate_argnums=0)
+  sharding = parallel.batch_sharded(mesh)
+  steps_per_epoch = num_train // batch_size
+  perm = None
+  loss = None
+  for step in range(steps):
+    epoch, index = divmod(step, steps_per_epoch)
+    if index == 0:
+      # Epoch e's order is a function of the seed and e only.
+      perm = np.asarray(jax.random.permutation(jax.random.fold_in(key_shuffle, epoch), num_train))
+    idx = perm[index * batch_size : (index + 1) * batch_size]
+    x = train_set.images[idx]
+    y = train_set.labels[idx]
+    x = jax.make_array_from_callback(x.shape, sharding, lambda i, a=x: a[i])
+    y = jax.make_array_from_callback(y.shape, sharding, lambda i, a=y: a[i])
+    state, loss = step_jit(state, x, y)
+  return state[0], loss
+
+
 def _save(folder: pathlib.Path, params, step: int, info: dict) -> bool:
   """Writes the checkpoint and classifier.json to a temporary folder, renamed into place.
 
@@ -453,11 +359,11 @@ def _restore(folder: pathlib.Path) -> tuple[nn.Module, dict, dict]:
       f"{info_path}: unreadable ({e}); delete {folder} and it will be trained again"
     ) from e
   model = Classifier(num_classes)
-  mesh = train.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.devices()[:1])
   abstract = jax.eval_shape(
     lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))["params"]
   )
-  sharding = train.replicated(mesh)
+  sharding = parallel.replicated(mesh)
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
   )
@@ -512,8 +418,8 @@ def classifier_extractor(
       data_dir=data_dir,
     )
   model, params, info = _restore(folder)
-  mesh = train.make_mesh(jax.local_devices())
-  params = jax.device_put(params, train.replicated(mesh))
+  mesh = parallel.make_mesh(jax.local_devices())
+  params = jax.device_put(params, parallel.replicated(mesh))
   apply_fn = _make_apply(model, mesh)
   logging.info("FID: features of %s (test accuracy %.4f)", info["name"], info["test_accuracy"])
   return FeatureExtractor(
@@ -567,23 +473,21 @@ def reference_fids(
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every checkpoint stage.
-  f = flags.FLAGS
-  try:
-    extractor = classifier_extractor(
-      f.data, cache_dir=f.cache_dir, seed=f.seed, steps=f.steps or None, data_dir=f.data_dir
-    )
-    results = reference_fids(
-      extractor,
-      f.data,
-      num_images=f.num_images,
-      noise_stds=tuple(float(s) for s in f.noise_stds),
-      data_dir=f.data_dir,
-    )
-  except (errors.CheckpointError, errors.InputError, data.DataError) as error:
-    logging.error("%s: %s", type(error).__name__, " ".join(str(error).split()))
-    sys.exit(2)
+  runner.setup_logging()
+  runner.run(lambda: _reference_fids(flags.FLAGS))
+
+
+def _reference_fids(f) -> None:
+  extractor = classifier_extractor(
+    f.data, cache_dir=f.cache_dir, seed=f.seed, steps=f.steps or None, data_dir=f.data_dir
+  )
+  results = reference_fids(
+    extractor,
+    f.data,
+    num_images=f.num_images,
+    noise_stds=tuple(float(s) for s in f.noise_stds),
+    data_dir=f.data_dir,
+  )
   results["classifier_test_accuracy"] = extractor.test_accuracy
   print(json.dumps(results, indent=2))  # The result on stdout; the log goes to stderr.
 

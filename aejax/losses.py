@@ -54,8 +54,8 @@ def reconstruction_nll(
 
   `log_scale` (Gaussian only) is one number for every pixel. The images are
   flattened to (B, pixels) before the per-pixel terms: on CPU XLA runs the
-  elementwise terms and the sum over (B, H, W, C) arrays 2x slower (measured
-  on the NLL estimator, where this is the inner loop; docs/performance.md).
+  elementwise terms and the sum over (B, H, W, C) arrays much slower, and this
+  is the NLL estimator's inner loop (docs/performance.md has the numbers).
   """
   logits_BxP = logits.reshape(logits.shape[0], -1)
   target_BxP = target.reshape(target.shape[0], -1)
@@ -103,7 +103,7 @@ def per_pixel_metrics(logits: jax.Array, target: jax.Array) -> dict[str, jax.Arr
   """
   num_pixels = math.prod(target.shape[1:])
   # Flattened first, as in reconstruction_nll: over (B, H, W, C) arrays XLA's CPU backend fuses
-  # these sums badly (inside the fused trainer, 2 ms of a 2 ms step for the MLP at batch 20).
+  # these sums badly (docs/performance.md: they once doubled the MLP's training step).
   logits_BxP = logits.reshape(logits.shape[0], -1)
   target_BxP = target.reshape(target.shape[0], -1)
   bce = jnp.sum(bernoulli_nll(logits_BxP, target_BxP), axis=-1) / num_pixels

@@ -1,14 +1,14 @@
 """Command line: python -m aejax.main --config=experiments/NAME.py[:ARG] --workdir=DIR."""
 
-import logging
 import re
 import sys
 
+import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from aejax import configs, data, errors, train
+from aejax import accelerators, configs, data, errors, runner, train, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
@@ -29,29 +29,20 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.getLogger().setLevel(logging.INFO)
-  # Orbax logs every checkpoint stage at INFO through absl; keep its warnings only.
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  runner.setup_logging()
+  # The devices first: on a machine with an unused GPU or TPU, JAX's warning and aejax's line
+  # naming the install command are the first lines of the log.
+  accelerators.log_devices()
   if FLAGS.distributed:
-    import jax
-
     jax.distributed.initialize()
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
-  except train.TrainingInterrupted as stop:
-    logging.warning("%s", stop)
-    sys.exit(128 + stop.signum)
-  except train.NonFiniteError as error:
-    logging.error("NonFiniteError: %s", error)
-    sys.exit(3)
-  except (errors.ConfigError, errors.CheckpointError, errors.InputError, data.DataError) as error:
-    # aejax's documented errors: one line naming the field or file, no traceback.
-    logging.error("%s: %s", type(error).__name__, error)
-    sys.exit(2)
-  except OSError as error:
-    # The environment, not aejax: a full disk or an unwritable workdir; the message names the path.
-    logging.error("%s: %s", type(error).__name__, error)
-    sys.exit(2)
+  runner.run(lambda: train_then_finalize(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change))
+
+
+def train_then_finalize(config, workdir: str, allow_config_change: bool = False) -> None:
+  """Trains the run, then draws its final figures and task metrics (config.final_figures)."""
+  train.train_and_evaluate(config, workdir, allow_config_change)
+  if config.final_figures and jax.process_index() == 0:
+    visualize.finalize(workdir)
 
 
 _OVERRIDE = re.compile(r"^--?(no)?config\.")

@@ -37,7 +37,7 @@ def burda_schedule(learning_rate: float, steps_per_epoch: int) -> optax.Schedule
 
 
 def make_schedule(
-  c: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int = 1
+  c: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int = 1, learning_rate=None
 ) -> optax.Schedule:
   """The learning rate against step for `c.schedule`.
 
@@ -46,13 +46,16 @@ def make_schedule(
   piecewise: c.learning_rate times the product of c.piecewise_scales[i] for every
     boundary c.piecewise_boundaries[i] (in steps) already passed.
   burda: c.learning_rate * 10^(-i/7) for 3^i epochs of `steps_per_epoch` steps, i = 0..7.
+  `learning_rate`, if given, replaces c.learning_rate: a population's members pass their own
+  (a traced scalar each), while the schedule's shape stays the config's.
   """
+  lr = c.learning_rate if learning_rate is None else learning_rate
   if c.schedule == "constant":
-    return optax.constant_schedule(c.learning_rate)
+    return optax.constant_schedule(lr)
   if c.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
-      peak_value=c.learning_rate,
+      peak_value=lr,
       warmup_steps=c.warmup_steps,
       decay_steps=max(total_steps, c.warmup_steps + 1),
     )
@@ -64,28 +67,28 @@ def make_schedule(
         "config.optimizer.piecewise_boundaries and piecewise_scales must have the same length, "
         f"got {len(boundaries)} and {len(scales)}"
       )
-    return optax.piecewise_constant_schedule(
-      c.learning_rate, dict(zip(boundaries, scales, strict=True))
-    )
+    return optax.piecewise_constant_schedule(lr, dict(zip(boundaries, scales, strict=True)))
   if c.schedule == "burda":
-    return burda_schedule(c.learning_rate, steps_per_epoch)
+    return burda_schedule(lr, steps_per_epoch)
   raise errors.ConfigError(
     f"config.optimizer.schedule: unknown schedule {c.schedule!r}; valid: {', '.join(SCHEDULES)}"
   )
 
 
 def make_optimizer(
-  c: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int = 1
+  c: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int = 1, learning_rate=None
 ) -> optax.GradientTransformation:
   """The optimizer named by c.name with its schedule, after optional global-norm clipping.
 
   `steps_per_epoch` matters only for schedules counted in epochs ("burda").
+  `learning_rate` replaces c.learning_rate (see make_schedule); the optimizer
+  state's structure never depends on it.
   """
   if c.name not in OPTIMIZERS:
     raise errors.ConfigError(
       f"config.optimizer.name: unknown optimizer {c.name!r}; valid: {', '.join(OPTIMIZERS)}"
     )
-  tx = OPTIMIZERS[c.name](make_schedule(c, total_steps, steps_per_epoch), c)
+  tx = OPTIMIZERS[c.name](make_schedule(c, total_steps, steps_per_epoch, learning_rate), c)
   if c.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), tx)
   return tx

@@ -17,7 +17,6 @@ import math
 import pathlib
 import shlex
 import sys
-import warnings
 from collections.abc import Sequence
 
 import jax
@@ -26,18 +25,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-import aejax
-from aejax import configs, data, errors, figures, train
+from aejax import api, configs, data, errors, figures, probes, runner, train
+from aejax import workdir as workdir_lib
 
 OUTPUT_NAME = "pca_vs_ae"
 # Clipping of reconstructions for the BCE (losses.py's convention for probabilities).
 _BCE_EPS = 1e-7
-_PROBE_MAX_ITER = 1000
 # Relative margins below this are called close in the summary: not a meaningful win.
 _CLOSE_MARGIN = 0.01
 COLUMNS = (
@@ -100,29 +94,6 @@ def pca_metrics(
   return reconstruction_metrics(test_images, pca_reconstruct(pca, test_images))
 
 
-def linear_probe_accuracy(
-  train_codes: np.ndarray,
-  train_labels: np.ndarray,
-  test_codes: np.ndarray,
-  test_labels: np.ndarray,
-  seed: int = 0,
-) -> float:
-  """Test accuracy of a logistic regression on standardized codes (how linearly readable)."""
-  # Standardizing puts PCA components (variances spanning orders of magnitude) and AE codes
-  # (arbitrary scale) on the same footing for the regularized regression.
-  probe = make_pipeline(
-    StandardScaler(), LogisticRegression(max_iter=_PROBE_MAX_ITER, random_state=seed)
-  )
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always", ConvergenceWarning)
-    probe.fit(np.asarray(train_codes, np.float64), np.asarray(train_labels))
-  if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-    logging.warning(
-      "linear probe: logistic regression did not converge in %d iterations", _PROBE_MAX_ITER
-    )
-  return float(probe.score(np.asarray(test_codes, np.float64), np.asarray(test_labels)))
-
-
 # ---------------------------------------------------------------------------
 # Config.
 
@@ -181,20 +152,16 @@ def check_data(
 # The sweep.
 
 
-def _ae_total_steps(cfg: ml_collections.ConfigDict, num_train: int) -> int:
-  return cfg.total_steps or cfg.num_epochs * (num_train // cfg.batch_size)
-
-
 def is_finished(cfg: ml_collections.ConfigDict, ae_dir: pathlib.Path, total_steps: int) -> bool:
   """Whether ae_dir holds a completed run of exactly cfg (anything else goes to the trainer)."""
   try:
-    final = json.loads((ae_dir / "final_metrics.json").read_text())
-    saved = (ae_dir / "config.json").read_text()
+    final = json.loads((ae_dir / workdir_lib.FINAL_METRICS_FILE).read_text())
+    saved = (ae_dir / workdir_lib.CONFIG_FILE).read_text()
   except (OSError, ValueError):
     return False
   # The trainer writes config.json this way; any changed field means resume or retrain.
   same_config = saved == cfg.to_json_best_effort(indent=2) + "\n"
-  has_checkpoint = (ae_dir / "checkpoints" / str(total_steps)).is_dir()
+  has_checkpoint = (ae_dir / workdir_lib.CHECKPOINTS_DIR / str(total_steps)).is_dir()
   return same_config and has_checkpoint and final.get("step") == total_steps
 
 
@@ -209,12 +176,12 @@ def run(
   workdir = pathlib.Path(workdir)
   dims = check_config(config)
   first = ae_config(config, dims[0])
-  train_set, test_set = train.load_data(first)
+  train_set, test_set = data.load_splits(first)
   check_data(dims, train_set, test_set, "config.ae.data.name")
   num_train = len(train_set.images)
   probe_n = min(config.probe_train_size, num_train)
   probe_images, probe_labels = train_set.images[:probe_n], train_set.labels[:probe_n]
-  expected_steps = _ae_total_steps(first, num_train)
+  expected_steps = configs.step_counts(first, num_train).total_steps
 
   rows = []
   for d in dims:
@@ -227,7 +194,7 @@ def run(
       logging.info("%s: already trained for %d steps with this config", ae_dir, expected_steps)
     else:
       train.train_and_evaluate(cfg, str(ae_dir))
-    handle = aejax.load(ae_dir)
+    handle = api.load(ae_dir)
     if handle.step != expected_steps:
       logging.warning(
         "%s holds a checkpoint at step %d, not %d: it was trained with another config; "
@@ -239,13 +206,13 @@ def run(
     # decode(encode(x)) is handle.reconstruct(x); the codes are kept for the probe.
     test_codes = handle.encode(test_set.images)
     ae = reconstruction_metrics(test_set.images, handle.decode(test_codes))
-    ae_acc = linear_probe_accuracy(
+    ae_acc = probes.linear_probe_accuracy(
       handle.encode(probe_images), probe_labels, test_codes, test_set.labels, config.seed
     )
 
     pca = fit_pca(train_set.images, d, config.seed)
     pc = reconstruction_metrics(test_set.images, pca_reconstruct(pca, test_set.images))
-    pca_acc = linear_probe_accuracy(
+    pca_acc = probes.linear_probe_accuracy(
       pca_codes(pca, probe_images),
       probe_labels,
       pca_codes(pca, test_set.images),
@@ -464,19 +431,12 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.getLogger().setLevel(logging.INFO)
-  # Orbax logs every checkpoint stage at INFO through absl; keep its warnings only.
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  runner.setup_logging()
   command = "python -m aejax.pca_vs_ae " + shlex.join(sys.argv[1:])
-  try:
-    rows = run(flags.FLAGS.config, flags.FLAGS.workdir, command=command)
-  except train.TrainingInterrupted as stop:
-    logging.warning("%s", stop)
-    sys.exit(128 + stop.signum)
-  except (errors.ConfigError, data.DataError) as error:
-    # aejax's documented errors: one line naming the field or file, no traceback.
-    logging.error("%s: %s", type(error).__name__, error)
-    sys.exit(2)
+  runner.run(lambda: _print_table(run(flags.FLAGS.config, flags.FLAGS.workdir, command=command)))
+
+
+def _print_table(rows) -> None:
   print("\n".join(_table(rows)))
 
 

@@ -20,9 +20,13 @@ import math
 import pathlib
 from collections.abc import Sequence
 
+import jax
+import ml_collections
 import numpy as np
+import optax
 
-from aejax import sweep
+from aejax import api, data, figures, latent_figures, models, parallel, steps, sweep_grid, visualize
+from aejax import workdir as workdir_lib
 
 REPORT_MD = "report.md"
 RESULTS_CSV = "results.csv"
@@ -69,33 +73,27 @@ def _read_jsonl(path: pathlib.Path) -> list[dict]:
 
 def count_parameters(config, image_shape) -> int:
   """Parameters of the run's model, from shapes alone (nothing is initialised or restored)."""
-  import jax
-  import optax
-
-  from aejax import models, train
-
   model = models.build_model(config.model, tuple(image_shape))
-  mesh = train.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.devices()[:1])
   abstract = jax.eval_shape(
-    lambda: train.create_train_state(
+    lambda: steps.create_train_state(
       model, optax.identity(), tuple(image_shape), jax.random.key(0), mesh
     )
   )
-  return train.count_params(abstract.params)
+  return steps.count_params(abstract.params)
 
 
 def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
   """One dict per run folder in sweep_dir: name, overrides, config, status, metrics."""
-  import ml_collections
 
   sweep_dir = pathlib.Path(sweep_dir)
-  record = _read_json(sweep_dir / sweep.SWEEP_RECORD) or {}
+  record = _read_json(sweep_dir / sweep_grid.SWEEP_RECORD) or {}
   known = record.get("runs", {})
   order = {name: i for i, name in enumerate(known)}
   runs = []
   for workdir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-    run_record = _read_json(workdir / sweep.RUN_RECORD)
-    saved = _read_json(workdir / "config.json") or (run_record or {}).get("config")
+    run_record = _read_json(workdir / sweep_grid.RUN_RECORD)
+    saved = _read_json(workdir / workdir_lib.CONFIG_FILE) or (run_record or {}).get("config")
     if saved is None:
       continue  # Not a run (logs/), or nothing written yet.
     config = ml_collections.ConfigDict(saved)
@@ -104,22 +102,22 @@ def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
     elif workdir.name in known:
       overrides = known[workdir.name]
     else:
-      overrides = sweep.parse_name(workdir.name)
-    results = _read_json(workdir / "eval_results.json") or {}
-    final = _read_json(workdir / "final_metrics.json")
-    info = _read_json(workdir / "run_info.json")
-    if sweep.is_finished(workdir, config):
+      overrides = sweep_grid.parse_name(workdir.name)
+    results = _read_json(workdir / workdir_lib.EVAL_RESULTS_JSON) or {}
+    final = _read_json(workdir / workdir_lib.FINAL_METRICS_FILE)
+    info = _read_json(workdir / workdir_lib.RUN_INFO_FILE)
+    if sweep_grid.is_finished(workdir, config):
       status = "finished"
-    elif sweep.is_trained(workdir, config):
+    elif sweep_grid.is_trained(workdir, config):
       status = "trained, not evaluated"
-    elif sweep.latest_checkpoint(workdir) is not None:
-      status = f"stopped at step {sweep.latest_checkpoint(workdir)}"
+    elif sweep_grid.latest_checkpoint(workdir) is not None:
+      status = f"stopped at step {sweep_grid.latest_checkpoint(workdir)}"
     else:
       status = "not started"
     metrics = {}
     if status == "finished":
       metrics = {key: results.get(key) for key, _, _ in METRICS if key in results}
-    attempts = _read_jsonl(workdir / sweep.ATTEMPTS)
+    attempts = _read_jsonl(workdir / sweep_grid.ATTEMPTS)
     train_attempts = [a for a in attempts if a.get("stage") == "train" and "seconds" in a]
     if train_attempts:
       # A vmapped group's wall time is shared: each of its members is charged its share.
@@ -153,14 +151,14 @@ def _config_key(run: dict) -> tuple:
 
 def aggregate(runs: Sequence[dict]) -> list[dict]:
   """One row per configuration (overrides without the seed): mean and std (ddof 1) over seeds."""
-  short = sweep.name_keys([r["overrides"] for r in runs])
+  short = sweep_grid.name_keys([r["overrides"] for r in runs])
   groups: dict[tuple, list[dict]] = {}
   for run in runs:
     groups.setdefault(_config_key(run), []).append(run)
   rows = []
   for members in groups.values():
     overrides = {k: v for k, v in members[0]["overrides"].items() if k != "seed"}
-    label = ",".join(f"{short[k]}={sweep.format_value(v)}" for k, v in overrides.items())
+    label = ",".join(f"{short[k]}={sweep_grid.format_value(v)}" for k, v in overrides.items())
     row = {
       "configuration": label or "base",
       "overrides": overrides,
@@ -215,7 +213,7 @@ def _write_csvs(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequence[di
 
 def _series_label(row: dict) -> str:
   label = ",".join(
-    f"{k.rsplit('.', 1)[-1]}={sweep.format_value(v)}"
+    f"{k.rsplit('.', 1)[-1]}={sweep_grid.format_value(v)}"
     for k, v in row["overrides"].items()
     if k != "model.latent_dim"
   )
@@ -223,8 +221,6 @@ def _series_label(row: dict) -> str:
 
 
 def _plot_metrics(sweep_dir: pathlib.Path, rows: Sequence[dict], title: str) -> bool:
-  from aejax import figures
-
   columns = [m for m in _columns(rows) if m[0] != "num_params"]
   if not columns:
     return False
@@ -258,8 +254,6 @@ def _slug(label: str) -> str:
 
 def _test_images(config, cache: dict, limit: int | None):
   """The run's evaluation split (first `limit` images), binarized once if it trains binarized."""
-  from aejax import data
-
   key = (config.data.name, config.data.eval_split, config.data.source, config.data.data_dir, limit)
   if key not in cache:
     image_set = data.load(
@@ -280,9 +274,6 @@ def _test_images(config, cache: dict, limit: int | None):
 
 def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequence[dict]) -> dict:
   """reconstructions.png, samples.png and the 2-D figures; returns what was written."""
-  import aejax
-  from aejax import figures, visualize
-
   by_name = {run["name"]: run for run in runs}
   cache: dict = {}
   recon_rows, sample_rows, two_d, notes = {}, {}, [], []
@@ -292,7 +283,7 @@ def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequenc
       continue
     run = min(members, key=lambda r: (r["config"].seed, r["name"]))  # The lowest seed.
     try:
-      handle = aejax.load(run["workdir"])
+      handle = api.load(run["workdir"])
     except Exception as error:  # A report must not fail on one odd run.
       notes.append(f"{run['name']}: not loadable ({error})")
       continue
@@ -311,7 +302,7 @@ def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequenc
       visualize.latent_grid(handle, sweep_dir, z)
       grid = sweep_dir / f"latent_grid_{slug}.png"
       (sweep_dir / "latent_grid.png").replace(grid)
-      scatter = figures.save_latent_scatter(
+      scatter = latent_figures.save_latent_scatter(
         sweep_dir / f"latent_scatter_{slug}.png",
         z,
         labels,
@@ -362,12 +353,12 @@ def _settings_text(runs: Sequence[dict]) -> list[str]:
 
 # The files of a run that the report reads: when none is newer than report.md, it is up to date.
 _INPUTS = (
-  "config.json",
-  "run_info.json",
-  "final_metrics.json",
-  "eval_results.json",
-  sweep.RUN_RECORD,
-  sweep.ATTEMPTS,
+  workdir_lib.CONFIG_FILE,
+  workdir_lib.RUN_INFO_FILE,
+  workdir_lib.FINAL_METRICS_FILE,
+  workdir_lib.EVAL_RESULTS_JSON,
+  sweep_grid.RUN_RECORD,
+  sweep_grid.ATTEMPTS,
 )
 
 
@@ -393,7 +384,7 @@ def write_report(sweep_dir: str | pathlib.Path, figures_too: bool = True) -> pat
     raise FileNotFoundError(f"{sweep_dir}: no runs (folders with config.json) to report on")
   rows = aggregate(runs)
   _write_csvs(sweep_dir, runs, rows)
-  record = _read_json(sweep_dir / sweep.SWEEP_RECORD) or {}
+  record = _read_json(sweep_dir / sweep_grid.SWEEP_RECORD) or {}
   config_arg = record.get("config", "?")
   first = runs[0]["config"]
   title = f"{config_arg}: {first.model.name} on {first.data.name}"
@@ -425,13 +416,13 @@ def write_report(sweep_dir: str | pathlib.Path, figures_too: bool = True) -> pat
   ]
   columns = _columns(rows)
   fields = list(dict.fromkeys(k for row in rows for k in row["overrides"]))
-  short = sweep.name_keys([row["overrides"] for row in rows])
+  short = sweep_grid.name_keys([row["overrides"] for row in rows])
   header = [short.get(f, f) for f in fields] + ["seeds"]
   header += [name.replace("|", "\\|") for _, name, _ in columns]  # A | would end the cell.
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [
-      sweep.format_value(row["overrides"][f]) if f in row["overrides"] else "" for f in fields
+      sweep_grid.format_value(row["overrides"][f]) if f in row["overrides"] else "" for f in fields
     ]
     cells.append(f"{row['finished']} ({', '.join(map(str, row['seeds']))})")
     for key, _, digits in columns:

@@ -10,7 +10,7 @@ Each run gets its own workdir DIR/NAME, NAME being its overrides
 (`latent_dim=8,beta=4,seed=1`), and is trained and evaluated in a subprocess
 (aejax.sweep_worker), so a killed sweep leaves every workdir consistent. Runs
 that differ only in seed (or beta, learning rate) train together as one
-vmapped program (aejax.multi_seed). A run is finished when its
+vmapped program (train.train_population). A run is finished when its
 final_metrics.json and eval_results.json are of its last step: finished runs
 are skipped, interrupted ones resume from their checkpoints, so the same
 command after a crash, SIGTERM, Ctrl-C or kill -9 finishes the sweep without
@@ -18,12 +18,6 @@ redoing work. The report (aejax.report) is then written to DIR.
 """
 
 import collections
-import copy
-import dataclasses
-import datetime
-import importlib.util
-import inspect
-import itertools
 import json
 import logging
 import os
@@ -34,272 +28,50 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import ml_collections
-
-from aejax import errors, multi_seed, train
-
-RUN_RECORD = "sweep_run.json"  # In each run's workdir: its name, overrides and resolved config.
-ATTEMPTS = "sweep_attempts.jsonl"  # In each run's workdir: one line per training/eval attempt.
-SWEEP_RECORD = "sweep.json"  # In the sweep dir: the config, the runs, the commands that ran.
-SWEEP_LOG = "sweep_log.jsonl"  # In the sweep dir: one line per event (start, done, skip, ...).
-LOGS_DIR = "logs"  # In the sweep dir: each worker's output.
-LOCK_FILE = "sweep.lock"  # In each run's workdir: held by the worker working in it.
-
-# Grid flags and the config field each sweeps.
-GRID_FLAGS = {"latent_dims": "model.latent_dim", "betas": "objective.beta", "seeds": "seed"}
-
-
-# ---------------------------------------------------------------------------
-# The grid.
-
-
-def format_value(value) -> str:
-  """A value as it appears in a run name: 4.0 -> '4', (500, 500) -> '500x500', True -> 'true'."""
-  if isinstance(value, bool):
-    return str(value).lower()
-  if isinstance(value, float):
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
-  if isinstance(value, tuple | list):
-    return "x".join(format_value(v) for v in value)
-  # A name is a directory: no path separators in it.
-  return str(value).replace("/", "_").replace(os.sep, "_")
-
-
-def parse_value(text: str):
-  """The inverse of format_value for numbers and booleans (other strings stay strings)."""
-  for kind in (int, float):
-    try:
-      return kind(text)
-    except ValueError:
-      pass
-  return {"true": True, "false": False}.get(text, text)
-
-
-def _field(name: str) -> str:
-  # big_vision-style sweeps name fields "config.model.latent_dim"; aejax's flags do not.
-  return name.removeprefix("config.")
-
-
-def product(fields: dict[str, Sequence]) -> list[dict]:
-  """Every combination of the values of `fields` ({field: values}), in order, the last fastest."""
-  names = [name for name, values in fields.items() if values]
-  combos = itertools.product(*(fields[name] for name in names))
-  return [dict(zip(names, combo, strict=True)) for combo in combos]
-
-
-def from_sweep_fn(sweep_fn: Callable, arg: str | None = None) -> list[dict]:
-  """The runs a config file's `sweep(add)` (or `sweep(add, arg)`) adds, as override dicts."""
-  runs = []
-
-  def add(**overrides):
-    runs.append({_field(name): value for name, value in overrides.items()})
-
-  if len(inspect.signature(sweep_fn).parameters) > 1:
-    sweep_fn(add, arg)
-  else:
-    sweep_fn(add)
-  return runs
-
-
-def expand(
-  sweep_fn: Callable | None = None,
-  arg: str | None = None,
-  latent_dims: Sequence[int] = (),
-  betas: Sequence[float] = (),
-  seeds: Sequence[int] = (),
-) -> list[dict]:
-  """The sweep's runs as override dicts {field: value}.
-
-  The grid flags win: with latent_dims or betas, their product; else the
-  config's `sweep_fn`. Seeds multiply either (or alone make the grid).
-  """
-  if latent_dims or betas:
-    runs = product({GRID_FLAGS["latent_dims"]: list(latent_dims), GRID_FLAGS["betas"]: list(betas)})
-  elif sweep_fn is not None:
-    runs = from_sweep_fn(sweep_fn, arg)
-    if not runs:
-      raise errors.ConfigError("sweep(add) added no runs")
-  elif seeds:
-    runs = [{}]
-  else:
-    raise errors.ConfigError(
-      "no grid: give --latent_dims, --betas or --seeds, or define sweep(add) in the config file"
-    )
-  if seeds:
-    for run in runs:
-      if "seed" in run:
-        raise errors.ConfigError(
-          f"--seeds given, but sweep(add) already sets seed={run['seed']}; drop one of them"
-        )
-    runs = [{**run, GRID_FLAGS["seeds"]: seed} for run in runs for seed in seeds]
-  names = run_names(runs)
-  repeated = [name for name, count in collections.Counter(names).items() if count > 1]
-  if repeated:
-    raise errors.ConfigError(f"the sweep has the same run more than once: {', '.join(repeated)}")
-  return runs
-
-
-def name_keys(runs: Sequence[dict]) -> dict[str, str]:
-  """{field: its name in run names}, fields in order of first appearance, seed last.
-
-  A field is named by its last component (model.latent_dim -> latent_dim)
-  unless two fields of the sweep share it; then by its full path.
-  """
-  fields = list(dict.fromkeys(field for run in runs for field in run))
-  fields.sort(key=lambda field: field == "seed")  # Stable: only moves seed to the end.
-  last = collections.Counter(field.rsplit(".", 1)[-1] for field in fields)
-  return {f: f.rsplit(".", 1)[-1] if last[f.rsplit(".", 1)[-1]] == 1 else f for f in fields}
-
-
-def run_names(runs: Sequence[dict]) -> list[str]:
-  """One name per run from its overrides: `latent_dim=8,beta=4,seed=1` (the workdir's name)."""
-  keys = name_keys(runs)
-  names = []
-  for run in runs:
-    parts = [f"{short}={format_value(run[field])}" for field, short in keys.items() if field in run]
-    names.append(",".join(parts) or "base")
-  return names
-
-
-def parse_name(name: str) -> dict[str, object]:
-  """{short field: value} from a run name; the report's fallback where no sweep_run.json is."""
-  if name == "base":
-    return {}
-  out = {}
-  for part in name.split(","):
-    key, _, value = part.partition("=")
-    out[key] = parse_value(value)
-  return out
-
-
-def resolve(base: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-  """A copy of `base` with `overrides` ({dotted field: value}) set; unknown fields are an error."""
-  config = copy.deepcopy(base)
-  for field, value in overrides.items():
-    *parents, leaf = field.split(".")
-    node = config
-    for part in parents:
-      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise errors.ConfigError(f"config.{field}: no such config field (sweep override)")
-    try:
-      node[leaf] = value
-    except TypeError as error:
-      raise errors.ConfigError(f"config.{field}: {value!r} does not fit: {error}") from error
-  return config
-
-
-@dataclasses.dataclass
-class Run:
-  """One run of the sweep: its name (= workdir name), overrides and resolved config."""
-
-  name: str
-  overrides: dict
-  config: ml_collections.ConfigDict
-  workdir: pathlib.Path
-
-
-def make_runs(
-  base: ml_collections.ConfigDict, overrides: Sequence[dict], sweep_dir: str | pathlib.Path
-) -> list[Run]:
-  sweep_dir = pathlib.Path(sweep_dir)
-  return [
-    Run(name, dict(o), resolve(base, o), sweep_dir / name)
-    for name, o in zip(run_names(overrides), overrides, strict=True)
-  ]
-
-
-def load_config_module(config_arg: str):
-  """The module of `path.py[:arg]` (for its `sweep`) and the argument."""
-  path, _, arg = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  if spec is None or spec.loader is None:
-    raise errors.ConfigError(f"--config: cannot load {path}")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module, arg or None
-
-
-# ---------------------------------------------------------------------------
-# The state of a run, from its workdir alone.
-
-
-def _read_json(path: pathlib.Path) -> dict | None:
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError):
-    return None  # Missing, or half written by a killed process: as good as missing.
-
-
-def total_steps(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> int | None:
-  """The run's number of steps (None while unknown: num_epochs needs the data set's size)."""
-  if config.total_steps:
-    return config.total_steps
-  info = _read_json(workdir / "run_info.json")
-  return None if info is None else config.num_epochs * (info["num_train"] // config.batch_size)
-
-
-def is_trained(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
-  """final_metrics.json says the run reached its last step (a longer total_steps: not yet)."""
-  final = _read_json(workdir / "final_metrics.json")
-  return final is not None and final.get("step") == total_steps(config, workdir)
-
-
-def is_finished(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
-  """Trained to its last step and evaluated there (eval_results.json of that step)."""
-  if not is_trained(workdir, config):
-    return False
-  results = _read_json(workdir / "eval_results.json")
-  return results is not None and results.get("step") == total_steps(config, workdir)
-
-
-def latest_checkpoint(workdir: pathlib.Path) -> int | None:
-  """The newest complete checkpoint's step (Orbax renames a finished save to its step)."""
-  folder = workdir / "checkpoints"
-  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-  return max(steps, default=None)
+from aejax import errors, report, runner, train
+from aejax import workdir as workdir_lib
+from aejax.sweep_grid import (
+  LOGS_DIR,
+  RUN_RECORD,
+  SWEEP_LOG,
+  SWEEP_RECORD,
+  Run,
+  append_jsonl,
+  expand,
+  is_finished,
+  is_trained,
+  latest_checkpoint,
+  load_config_module,
+  make_runs,
+  now_iso,
+  total_steps,
+)
 
 
 def config_conflict(run: Run) -> str | None:
   """Why `run` must not resume in its workdir (it holds checkpoints of another config), or None.
 
-  The trainer's own rule (train.check_config_change): fields that only change
+  The trainer's own rule (workdir_lib.check_config_change): fields that only change
   how long a run trains or how it logs may change; anything else is refused.
   """
   try:
-    train.check_config_change(run.workdir, run.config, allow=False)
+    workdir_lib.check_config_change(run.workdir, run.config, allow=False)
   except errors.ConfigError as error:
     return f"{error} (or run the sweep with the settings that made it)"
   return None
 
 
-def _write_json(path: pathlib.Path, value) -> None:
-  tmp = path.with_name(path.name + ".tmp")  # Write then rename: never half a file.
-  tmp.write_text(json.dumps(value, indent=2) + "\n")
-  tmp.replace(path)
-
-
-def append_jsonl(path: pathlib.Path, record: dict) -> None:
-  with path.open("a") as f:
-    f.write(json.dumps(record) + "\n")
-
-
-def now_iso() -> str:
-  return datetime.datetime.now().isoformat(timespec="seconds")
-
-
 def plan_jobs(runs: Sequence[Run], vmap_seeds: bool, max_group: int) -> list[list[Run]]:
   """Runs grouped into worker jobs: one run each, or with vmap_seeds the runs that differ only in
-  multi_seed.VMAPPED_FIELDS and stand at the same checkpoint, up to max_group at a time."""
+  train.VMAPPED_FIELDS and stand at the same checkpoint, up to max_group at a time."""
   groups: dict[tuple, list[Run]] = {}
   for run in runs:
     if not vmap_seeds or is_trained(run.workdir, run.config):
       key = ("alone", run.name)  # Alone, or only its evaluation is left.
     else:
-      shared = json.dumps(multi_seed.shared_fields(run.config), sort_keys=True)
+      shared = json.dumps(train.shared_fields(run.config), sort_keys=True)
       key = ("group", shared, latest_checkpoint(run.workdir))
     groups.setdefault(key, []).append(run)
   return [
@@ -398,7 +170,7 @@ def _tail(path: pathlib.Path, lines: int = 15) -> str:
 
 def _progress_step(run: Run) -> str:
   """'step N/M' from the run's metrics.jsonl (its last line), for the progress view."""
-  path = run.workdir / "metrics.jsonl"
+  path = run.workdir / workdir_lib.METRICS_FILE
   step = 0
   try:
     with path.open("rb") as f:
@@ -442,23 +214,7 @@ def run_sweep(
   def event(kind: str, names: Sequence[str], **extra) -> None:
     append_jsonl(log_path, {"time": now_iso(), "event": kind, "runs": list(names), **extra})
 
-  status: dict[str, str] = {}
-  todo = []
-  for run in runs:
-    conflict = config_conflict(run)
-    if conflict:
-      status[run.name] = f"failed: {conflict}"
-      event("conflict", [run.name], message=conflict)
-      logging.error("%s", conflict)
-    elif is_finished(run.workdir, run.config):
-      status[run.name] = "finished earlier"
-      event("skip", [run.name])
-    else:
-      run.workdir.mkdir(parents=True, exist_ok=True)
-      record = {"name": run.name, "overrides": run.overrides}
-      record["config"] = json.loads(run.config.to_json_best_effort())
-      _write_json(run.workdir / RUN_RECORD, record)
-      todo.append(run)
+  status, todo = _triage(runs, event)
 
   jobs = collections.deque(plan_jobs(todo, vmap_seeds, max_group))
   # One slot per worker that may run at once; on GPUs each slot is a device.
@@ -492,27 +248,8 @@ def run_sweep(
         job = jobs.popleft()
         index = min(set(range(len(slots))) - {v[1] for v in running.values()})
         slot = slots[index]
-        env = dict(os.environ)
-        if slot is not None:
-          env["CUDA_VISIBLE_DEVICES"] = slot
-        command = [
-          sys.executable,
-          "-m",
-          worker,
-          *[f"--run_dir={run.workdir.absolute()}" for run in job],
-          *worker_flags,
-        ]
         log_file = sweep_dir / LOGS_DIR / f"{job[0].name}.log"
-        with log_file.open("a") as out:
-          out.write(f"\n# {now_iso()} {shlex.join(command)}\n")
-          out.flush()
-          process = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=die_with_parent,
-          )
+        process = _start_worker(job, slot, worker, worker_flags, log_file, die_with_parent)
         running[process] = (job, index, time.monotonic(), log_file)
         event("start", [r.name for r in job], pid=process.pid, device=slot or "cpu")
         logging.info("start  %s%s %s", job_name(job), f" on GPU {slot}" if slot else "", counts())
@@ -561,6 +298,51 @@ def run_sweep(
   return status
 
 
+def _triage(runs: Sequence[Run], event) -> tuple[dict[str, str], list[Run]]:
+  """The runs still to do, and the status of the others (finished earlier, or a config conflict).
+
+  Each run to do gets its folder and its sweep_run.json, which its worker reads.
+  """
+  status: dict[str, str] = {}
+  todo = []
+  for run in runs:
+    conflict = config_conflict(run)
+    if conflict:
+      status[run.name] = f"failed: {conflict}"
+      event("conflict", [run.name], message=conflict)
+      logging.error("%s", conflict)
+    elif is_finished(run.workdir, run.config):
+      status[run.name] = "finished earlier"
+      event("skip", [run.name])
+    else:
+      run.workdir.mkdir(parents=True, exist_ok=True)
+      record = {"name": run.name, "overrides": run.overrides}
+      record["config"] = json.loads(run.config.to_json_best_effort())
+      workdir_lib.write_json(run.workdir / RUN_RECORD, record)
+      todo.append(run)
+  return status, todo
+
+
+def _start_worker(job, slot, worker: str, worker_flags, log_file, die_with_parent):
+  """`python -m worker --run_dir=... worker_flags` for the job's runs, on GPU `slot` if given."""
+  env = dict(os.environ)
+  if slot is not None:
+    env["CUDA_VISIBLE_DEVICES"] = slot
+  command = [
+    sys.executable,
+    "-m",
+    worker,
+    *[f"--run_dir={run.workdir.absolute()}" for run in job],
+    *worker_flags,
+  ]
+  with log_file.open("a") as out:
+    out.write(f"\n# {now_iso()} {shlex.join(command)}\n")
+    out.flush()
+    return subprocess.Popen(
+      command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
+    )
+
+
 def write_sweep_record(
   sweep_dir: pathlib.Path, config_arg: str, runs: Sequence[Run], settings: dict, command: str
 ) -> None:
@@ -578,7 +360,7 @@ def write_sweep_record(
     record["runs"][run.name] = run.overrides
   record["commands"].append({"time": now_iso(), "command": command})
   sweep_dir.mkdir(parents=True, exist_ok=True)
-  _write_json(path, record)
+  workdir_lib.write_json(path, record)
 
 
 # ---------------------------------------------------------------------------
@@ -628,38 +410,31 @@ def _grid_values(values: Sequence[str], kind, flag: str) -> list:
 def main(argv: Sequence[str]) -> None:
   from absl import app, flags
 
-  from aejax import data, report
-
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
   f = flags.FLAGS
+  if f.config is None and not f.report_only:
+    raise app.UsageError("--config is required unless --report_only")
+  runner.setup_logging()
+  runner.run(lambda: _sweep(f))
+
+
+def _sweep(f) -> None:
+  """The sweep of the parsed flags `f`: plan, run the workers, write the report."""
   sweep_dir = pathlib.Path(f.sweep_dir)
   if f.report_only:
-    try:
-      path = report.write_report(sweep_dir)
-    except FileNotFoundError as error:
-      logging.error("%s", error)
-      sys.exit(2)
-    logging.info("wrote %s", path)
+    logging.info("wrote %s", report.write_report(sweep_dir))
     return
-  if f.config is None:
-    raise app.UsageError("--config is required unless --report_only")
-  try:
-    config_arg = _config_flag_value(sys.argv)
-    module, arg = load_config_module(config_arg)
-    overrides = expand(
-      getattr(module, "sweep", None),
-      arg,
-      latent_dims=_grid_values(f.latent_dims, int, "latent_dims"),
-      betas=_grid_values(f.betas, float, "betas"),
-      seeds=_grid_values(f.seeds, int, "seeds"),
-    )
-    runs = make_runs(f.config, overrides, sweep_dir)
-  except errors.ConfigError as error:
-    logging.error("ConfigError: %s", error)
-    sys.exit(2)
+  config_arg = _config_flag_value(sys.argv)
+  module, arg = load_config_module(config_arg)
+  overrides = expand(
+    getattr(module, "sweep", None),
+    arg,
+    latent_dims=_grid_values(f.latent_dims, int, "latent_dims"),
+    betas=_grid_values(f.betas, float, "betas"),
+    seeds=_grid_values(f.seeds, int, "seeds"),
+  )
+  runs = make_runs(f.config, overrides, sweep_dir)
   if f.dry_run:
     for run in runs:
       state = "finished" if is_finished(run.workdir, run.config) else "to run"
@@ -683,23 +458,16 @@ def main(argv: Sequence[str]) -> None:
     f"--probe_train_size={f.probe_train_size}",
     f"--fid={str(f.fid).lower()}",
   ]
-  try:
-    status = run_sweep(
-      sweep_dir,
-      runs,
-      parallel=parallel,
-      devices=devices,
-      vmap_seeds=f.vmap_seeds,
-      max_group=f.max_group,
-      worker_flags=worker_flags,
-      status_every=f.status_every,
-    )
-  except SweepInterrupted as stop:
-    logging.warning("%s", stop)
-    sys.exit(128 + stop.signum)
-  except (errors.ConfigError, data.DataError) as error:
-    logging.error("%s: %s", type(error).__name__, error)
-    sys.exit(2)
+  status = run_sweep(
+    sweep_dir,
+    runs,
+    parallel=parallel,
+    devices=devices,
+    vmap_seeds=f.vmap_seeds,
+    max_group=f.max_group,
+    worker_flags=worker_flags,
+    status_every=f.status_every,
+  )
   path = sweep_dir / report.REPORT_MD
   if report.is_up_to_date(sweep_dir):
     logging.info("%s is up to date: no run changed since it was written", path)

@@ -13,14 +13,13 @@ way training does (AEJAX_DATA_DIR or --data_dir, else tfds). Errors are one
 line, exit status 2.
 """
 
-import argparse
 import logging
 import pathlib
-import sys
 
 import numpy as np
+from absl import app, flags
 
-from aejax import api, data, errors, figures
+from aejax import api, data, errors, figures, runner, visualize
 
 
 def _load_images(args, handle: api.TrainedModel):
@@ -56,38 +55,42 @@ def _conditional_labels(handle, labels):
   return labels if handle.num_classes else None
 
 
-def run(argv: list[str]) -> None:
-  parser = argparse.ArgumentParser(prog="python -m aejax.use", description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-  commands = {}
-  for name in ("encode", "decode", "generate", "reconstruct", "figures", "task_metrics"):
-    p = sub.add_parser(name)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--step", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--png", default=None)
-    p.add_argument("--images", default=None)
-    p.add_argument("--labels", default=None)
-    p.add_argument("--latents", default=None)
-    p.add_argument("--data", default=None)
-    p.add_argument("--split", default="test")
-    p.add_argument("--data_dir", default=None)
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", type=int, default=None)
-    p.add_argument("--name", default=None)
-    commands[name] = p
-  args = parser.parse_args(argv)
-  needs_out = {"encode", "decode", "generate", "reconstruct"}
-  if args.command in needs_out and not args.out:
-    commands[args.command].error("--out is required")
+COMMANDS = ("encode", "decode", "generate", "reconstruct", "figures", "task_metrics")
 
-  handle = api.load(args.workdir, args.step)
-  if args.command == "encode":
+
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The trained run's folder.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+  flags.DEFINE_string("out", None, "Output .npy file (encode, decode, generate, reconstruct).")
+  flags.DEFINE_string("png", None, "Also draw the output into this PNG.")
+  flags.DEFINE_string("images", None, "Input images, a .npy array (N, H, W[, C]) in [0, 1].")
+  flags.DEFINE_string("labels", None, "Class labels (.npy) of a conditional model's inputs.")
+  flags.DEFINE_string("latents", None, "Latents to decode (.npy, (N, latent_dim)).")
+  flags.DEFINE_string("data", None, "Input images from a data set, loaded as training does.")
+  flags.DEFINE_string("split", "test", "Split of --data.")
+  flags.DEFINE_string("data_dir", None, "Local data folder (default: $AEJAX_DATA_DIR).")
+  flags.DEFINE_integer("limit", 0, "> 0: the first N images of --data only.")
+  flags.DEFINE_integer("n", 64, "generate: number of samples.")
+  flags.DEFINE_integer("seed", 0, "generate: the seed of the latent draws.")
+  flags.DEFINE_integer("label", None, "generate: the class of a conditional model's samples.")
+  flags.DEFINE_string("name", None, "task_metrics: the output files' name.")
+  flags.DEFINE_bool(
+    "trust_model_code",
+    False,
+    "Import the model module that the workdir's config names (module.path:function).",
+  )
+  flags.mark_flags_as_required(["workdir"])
+
+
+def use(command: str, args) -> None:
+  """Runs `command` with the parsed flags `args` (attributes as the flags above)."""
+  if command in ("encode", "decode", "generate", "reconstruct") and not args.out:
+    raise app.UsageError(f"{command}: --out is required")
+  handle = api.load(args.workdir, args.step, trust_model_code=args.trust_model_code)
+  if command == "encode":
     images, labels = _load_images(args, handle)
     _save(args.out, handle.encode(images, _conditional_labels(handle, labels)))
-  elif args.command == "decode":
+  elif command == "decode":
     if not args.latents:
       raise errors.InputError("--latents=FILE.npy is required")
     latents = np.load(args.latents, allow_pickle=False)
@@ -96,7 +99,7 @@ def run(argv: list[str]) -> None:
     _save(args.out, images)
     if args.png:
       figures.save_image_grid(args.png, images[:100], title=f"Decoded latents ({args.latents})")
-  elif args.command == "generate":
+  elif command == "generate":
     labels = None
     if handle.num_classes:
       labels = (
@@ -111,7 +114,7 @@ def run(argv: list[str]) -> None:
       figures.save_image_grid(
         args.png, images, title=f"{args.n} samples from the prior (seed {args.seed}{what})"
       )
-  elif args.command == "reconstruct":
+  elif command == "reconstruct":
     images, labels = _load_images(args, handle)
     output = handle.reconstruct(images, _conditional_labels(handle, labels))
     _save(args.out, output)
@@ -120,9 +123,7 @@ def run(argv: list[str]) -> None:
       figures.save_reconstructions(
         args.png, {"input": shown, "reconstruction": output}, title="Reconstructions"
       )
-  elif args.command in ("figures", "task_metrics"):
-    from aejax import visualize
-
+  elif command in ("figures", "task_metrics"):
     config = handle.config
     name = args.data or config.data.name
     split = args.split if args.data else config.data.eval_split
@@ -134,7 +135,7 @@ def run(argv: list[str]) -> None:
       limit=args.limit or None,
     )
     workdir = pathlib.Path(args.workdir)
-    if args.command == "figures":
+    if command == "figures":
       written = visualize.write_final_outputs(handle, image_set, workdir)
       logging.info("wrote %s", ", ".join(written))
     else:
@@ -150,15 +151,17 @@ def run(argv: list[str]) -> None:
       del results
 
 
-def main() -> None:
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  try:
-    run(sys.argv[1:])
-  except (errors.InputError, errors.CheckpointError, errors.ConfigError, data.DataError) as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(2)
+def main(argv) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"give one command: {', '.join(COMMANDS)} (got {' '.join(argv[1:])!r})")
+  runner.setup_logging()
+  runner.run(lambda: use(argv[1], flags.FLAGS))
+
+
+def cli() -> None:
+  _define_flags()
+  app.run(main)
 
 
 if __name__ == "__main__":
-  main()
+  cli()

@@ -2,11 +2,13 @@
 latent noise, class grid, and PSNR/SSIM for denoising and super-resolution.
 
 `write_final_outputs(handle, eval_set, workdir)` writes everything that applies
-to the model; the trainer calls it after the last step, and `python -m
-aejax.use figures --workdir=DIR` calls it on any finished workdir.
+to the model; `finalize(workdir)` runs it after training (the training CLI and
+the sweep worker call it), and `python -m aejax.use figures --workdir=DIR` on
+any finished workdir.
 """
 
 import json
+import logging
 import pathlib
 
 import jax
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
-from aejax import data, figures, image_metrics, tasks
+from aejax import api, data, figures, image_metrics, latent_figures, tasks
 from aejax.api import TrainedModel
 
 GRID_SIZE = 20  # The latent grid: 20 x 20 decoded images.
@@ -51,7 +53,7 @@ def latent_grid(handle: TrainedModel, workdir: pathlib.Path, z_test: np.ndarray)
   z = np.stack([z1.ravel(), z2.ravel()], axis=-1).astype(np.float32)
   labels = np.zeros(len(z), np.int32) if handle.num_classes else None
   images = handle.decode(z, labels).reshape(GRID_SIZE, GRID_SIZE, *handle.image_shape)
-  return figures.save_latent_grid(
+  return latent_figures.save_latent_grid(
     workdir / "latent_grid.png",
     images,
     z1_values,
@@ -94,7 +96,7 @@ def interpolation(
   y_path = None if y is None else np.repeat(y_start, steps)
   decoded = handle.decode(z.reshape(-1, handle.latent_dim), y_path)
   rows = decoded.reshape(pairs, steps, *handle.image_shape)
-  return figures.save_interpolation(
+  return latent_figures.save_interpolation(
     workdir / "interpolation.png",
     rows,
     title=f"Latent interpolation between test images: {_title(handle)}",
@@ -117,7 +119,7 @@ def latent_noise(
   noise = np.asarray(jax.random.normal(jax.random.key(1), z.shape))
   scales = [s * latent_std for s in NOISE_SCALES]
   rows = np.stack([handle.decode((z + s * noise).astype(np.float32), y) for s in scales])
-  return figures.save_latent_noise(
+  return latent_figures.save_latent_noise(
     workdir / "latent_noise.png",
     rows,
     scales,
@@ -207,7 +209,7 @@ def write_final_outputs(handle: TrainedModel, eval_set: data.ImageSet, workdir) 
     written.append(latent_grid(handle, workdir, z_test).name)
   if labels is not None:
     written.append(
-      figures.save_latent_scatter(
+      latent_figures.save_latent_scatter(
         workdir / "latent_scatter.png",
         z_test,
         labels,
@@ -226,4 +228,24 @@ def write_final_outputs(handle: TrainedModel, eval_set: data.ImageSet, workdir) 
     written += ["task_metrics.json", "task_metrics.md"]
   if handle.config.task.name == "superres":
     written.append(superres_from_noise(handle, workdir).name)
+  return written
+
+
+def finalize(
+  run_dir, eval_set: data.ImageSet | None = None, *, trust_model_code: bool = False
+) -> list[str]:
+  """After training: the final figures and task metrics of the run in `run_dir`.
+
+  Restores the newest checkpoint; loads the evaluation split named by the
+  run's config unless `eval_set` is given. Nothing is written when the
+  config's `final_figures` is off. Returns the names written.
+  """
+  handle = api.load(run_dir, trust_model_code=trust_model_code)
+  if not handle.config.get("final_figures", True):
+    return []
+  c = handle.config
+  if eval_set is None:
+    eval_set = data.load_split(c, c.data.eval_split, c.data.eval_limit)
+  written = write_final_outputs(handle, eval_set, run_dir)
+  logging.info("Wrote %s", ", ".join(written))
   return written

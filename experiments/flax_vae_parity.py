@@ -5,7 +5,7 @@ What: encoder Dense(500, ReLU) -> mean and log-variance of a 20-D Gaussian,
   binarization (50,000 train / 10,000 test); Adam 1e-3, batch 128, 10 epochs.
 Expected: eval/neg_elbo (test, nats per image, 1-sample ELBO) at or below the
   flax example's ~104 after 10 epochs; see docs/results.md.
-Runtime: about a minute on a 2-core CPU.
+Runtime: 250 s on a 2-core CPU (JAX 0.10.2; docs/results.md), 29 s on an H200.
 Command:
   AEJAX_DATA_DIR=/path/to/data python -m aejax.main \
     --config=experiments/flax_vae_parity.py --workdir=runs/flax_vae_parity

@@ -1,16 +1,16 @@
-"""Times S seeds trained as one vmapped program (aejax.multi_seed) against S separate runs.
+"""Times S seeds trained as one vmapped program (train.train_population) against S separate runs.
 
   AEJAX_DATA_DIR=/path/to/data python scripts/bench_multi_seed.py \
     [--config=experiments/latent_sweep.py] [--seeds=1,4,8] [--steps=20] [--reps=5]
 
-Both sides run the trainer's own fused loop (`train.make_multi_step`, `steps`
+Both sides run the trainer's own fused loop (`steps.make_multi_step`, `steps`
 steps per dispatch): a separate run is one seed's program, the vmapped group
-`multi_seed.make_group_chunk` with S members. S separate runs one after
+the same function with S members. S separate runs one after
 another cost S times one run's time. Steady state: every program is compiled
 and run once before timing; the time is the median of `reps` repetitions, the
 two sides alternating so that the machine's load changes hit both alike.
 With --end_to_end_steps=N it also times whole runs of N steps: S calls of
-train.train_and_evaluate against one multi_seed.train_and_evaluate (data
+train.train_and_evaluate against one train.train_population (data
 loading, compilation, evaluation and figures included; in one process, so
 without the imports a separate run's own process would also pay), alternating.
 Prints Markdown tables (and writes them to --out as JSON).
@@ -48,56 +48,55 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
 
-  from aejax import models, multi_seed, optim, sweep, train
+  from aejax import configs, data, models, optim, parallel, steps, sweep_grid
 
-  module, arg = sweep.load_config_module(args.config)
+  module, arg = sweep_grid.load_config_module(args.config)
   config = module.get_config(arg)
-  mesh = train.make_mesh(jax.devices()[:1])
-  train_set, _ = train.load_data(config)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  train_set, _ = data.load_splits(config)
   image_shape = train_set.images.shape[1:]
   num_train = len(train_set.images)
-  steps_per_epoch = num_train // config.batch_size
-  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
+  counts = configs.step_counts(config, num_train)
+  steps_per_epoch, total_steps = counts.steps_per_epoch, counts.total_steps
   model = models.build_model(config.model, image_shape)
   tx = optim.make_optimizer(config.optimizer, total_steps, steps_per_epoch)
-  images = train.put_replicated(train_set.images, mesh)
-  labels = train.put_replicated(train_set.labels, mesh)
+  images = parallel.put_replicated(train_set.images, mesh)
+  labels = parallel.put_replicated(train_set.labels, mesh)
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
 
   # One separate run: the trainer's program for seed 0.
-  keys = train.derived_keys(0)
-  separate_fn = train.make_multi_step(model, tx, config, mesh, num_train, keys)
-  box = {"state": train.create_train_state(model, tx, image_shape, keys["init"], mesh)}
-  # As the trainer draws it: jitted, replicated over the mesh.
-  perm_fn = jax.jit(train.epoch_permutation, static_argnums=1, out_shardings=train.replicated(mesh))
-  perm = perm_fn(keys, num_train, 0)
+  keys = steps.derived_keys(0)
+  hp = {k: jnp.float32(v) for k, v in steps.hparams(config).items()}
+  separate_fn = steps.make_multi_step(model, config, mesh, num_train, total_steps, steps_per_epoch)
+  box = {"state": steps.create_train_state(model, tx, image_shape, keys["init"], mesh)}
+  perm = steps.make_permutation_fn(mesh)(keys, num_train, 0)
 
   def run_separate():
     # The steps go on from dispatch to dispatch (batches cut from epoch 0's order, wrapping
     # around): the work of every dispatch is the same.
-    box["state"], sums = separate_fn(box["state"], images, labels, perm, args.steps)
+    box["state"], sums = separate_fn(box["state"], images, labels, perm, args.steps, keys, hp)
     jax.block_until_ready(sums)
 
   run_separate()  # Compiles.
 
-  rows, beta_s, rate_s = [], {}, {}
+  rows, hp_s = [], {}
   for size in [int(s) for s in args.seeds.split(",")]:
-    member_keys = multi_seed.stack([train.derived_keys(seed) for seed in range(size)])
-    beta_s[size] = jnp.full((size,), config.objective.beta, jnp.float32)
-    rate_s[size] = jnp.full((size,), config.optimizer.learning_rate, jnp.float32)
-    chunk_fn = multi_seed.make_group_chunk(
-      model, config, mesh, num_train, total_steps, steps_per_epoch
+    member_keys = parallel.stack([steps.derived_keys(seed) for seed in range(size)])
+    hp_s[size] = {k: jnp.full((size,), v, jnp.float32) for k, v in steps.hparams(config).items()}
+    chunk_fn = steps.make_multi_step(
+      model, config, mesh, num_train, total_steps, steps_per_epoch, size, batched=True
     )
-    perms = multi_seed.make_group_permutation(mesh)(member_keys, num_train, 0)
+    # Vmapped even for S = 1: that row compares the vmapped program with the unbatched one.
+    perms = jax.vmap(steps.epoch_permutation, in_axes=(0, None, None))(member_keys, num_train, 0)
     group = {
-      "state": jax.vmap(lambda k: train.create_train_state(model, tx, image_shape, k, mesh))(
+      "state": jax.vmap(lambda k: steps.create_train_state(model, tx, image_shape, k, mesh))(
         member_keys["init"]
       )
     }
 
     def run_group(group=group, chunk_fn=chunk_fn, keys=member_keys, perms=perms, size=size):
       group["state"], sums = chunk_fn(
-        group["state"], images, labels, perms, args.steps, keys, beta_s[size], rate_s[size]
+        group["state"], images, labels, perms, args.steps, keys, hp_s[size]
       )
       jax.block_until_ready(sums)
 
@@ -142,7 +141,7 @@ def _end_to_end(config, args, lines: list[str]) -> list[dict]:
   import copy
   import tempfile
 
-  from aejax import multi_seed, train
+  from aejax import train
 
   base = copy.deepcopy(config)
   base.total_steps = base.eval_every_steps = base.checkpoint_every_steps = args.end_to_end_steps
@@ -162,7 +161,7 @@ def _end_to_end(config, args, lines: list[str]) -> list[dict]:
 
     def vmapped(members=members):
       with tempfile.TemporaryDirectory() as root:
-        multi_seed.train_and_evaluate(members, [f"{root}/{i}" for i in range(len(members))])
+        train.train_population(members, [f"{root}/{i}" for i in range(len(members))])
 
     seconds_separate, seconds_vmapped = _median_seconds_alternating(separate, vmapped, args.reps)
     rows.append(

@@ -11,15 +11,15 @@ conv VAE, 17.2M parameters, batch 128). `--case=all` runs every case (and both
 IWAE batch sizes), each in a fresh process so that peak memory is per case.
 
 What a JAX line reports (medians over `--reps` repetitions, compilation excluded):
-- train_images_per_sec: the fused trainer (`train.make_multi_step`: up to K
+- train_images_per_sec: the fused trainer (`steps.make_multi_step`: up to K
   steps per dispatch in one `lax.while_loop`, batches cut on device);
-  train_images_per_sec_plain: one step per dispatch (`train.make_train_step`,
-  the batch cut by `train.cut_batch` in its own dispatch, a plain Python
+  train_images_per_sec_plain: one step per dispatch (`steps.make_train_step`,
+  the batch cut by `steps.cut_batch` in its own dispatch, a plain Python
   loop); fused_over_plain.
 - compile_seconds: tracing + XLA compilation of the fused step.
-- eval_images_per_sec: `train.make_eval_fn` over the test split (ELBO terms);
+- eval_images_per_sec: `steps.make_eval_fn` over the test split (ELBO terms);
   for iwae_mlp also nll_images_per_sec: the 5000-sample importance-weighted
-  bound (`evaluate.iwae_bounds`, chunks of 128 samples).
+  bound (`estimators.iwae_bounds`, chunks of 128 samples).
 - flops_per_image: XLA's cost analysis of one training step (forward,
   backward, Adam) over the batch size; achieved_gflops and
   fraction_of_matmul against matmul_gflops, a 2048x2048 float32 matmul
@@ -175,27 +175,28 @@ def run_case(name: str, batch_size: int, args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from aejax import evaluate, layers, losses, models, optim, train
+  from aejax import data, estimators, layers, losses, models, optim, parallel, steps
 
   load_start = os.getloadavg()[0]
   gflops_matmul, gflops_matmul_cpu = matmul_gflops(*((3, 1024) if args.quick else ()))
   c = case_config(name, batch_size, args.dtype, args.conv_impl, args.quick)
-  mesh = train.make_mesh()
-  train_set, eval_set = train.load_data(c)
+  mesh = parallel.make_mesh()
+  train_set, eval_set = data.load_splits(c)
   image_shape = train_set.images.shape[1:]
   num_train = len(train_set.images)
   model = models.build_model(c.model, image_shape)
   tx = optim.make_optimizer(c.optimizer, 10**6, num_train // batch_size)
-  keys = train.derived_keys(c.seed)
-  state = train.create_train_state(model, tx, image_shape, keys["init"], mesh)
-  images = train.put_replicated(train_set.images, mesh)
+  keys = steps.derived_keys(c.seed)
+  state = steps.create_train_state(model, tx, image_shape, keys["init"], mesh)
+  images = parallel.put_replicated(train_set.images, mesh)
   labels = None
   reps = args.reps
 
   # Fused steps: compiled ahead of time, so compile time is measured on its own; num_steps is a
   # traced argument, so every chunk length below runs the same executable.
-  multi_step = train.make_multi_step(model, tx, c, mesh, num_train, keys)
   steps_per_epoch = num_train // batch_size
+  multi_step = steps.make_multi_step(model, c, mesh, num_train, 10**6, steps_per_epoch)
+  hp = {k: jnp.float32(v) for k, v in steps.hparams(c).items()}
   perm_jit = jax.jit(
     lambda epoch: jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), num_train)
   )
@@ -209,7 +210,7 @@ def run_case(name: str, batch_size: int, args) -> dict:
     return perms[epoch]
 
   start = time.perf_counter()
-  compiled = multi_step.lower(state, images, labels, perm_fn(0), 1).compile()
+  compiled = multi_step.lower(state, images, labels, perm_fn(0), 1, keys, hp).compile()
   compile_seconds = time.perf_counter() - start
 
   def run_fused(state, num_steps):
@@ -217,7 +218,8 @@ def run_case(name: str, batch_size: int, args) -> dict:
     step, end = int(state.step), int(state.step) + num_steps
     while step < end:
       chunk = min(end - step, steps_per_epoch - step % steps_per_epoch)
-      state, sums = compiled(state, images, labels, perm_fn(step // steps_per_epoch), chunk)
+      perm = perm_fn(step // steps_per_epoch)
+      state, sums = compiled(state, images, labels, perm, chunk, keys, hp)
       step += chunk
     jax.block_until_ready(state)
     assert int(sums["first_nonfinite_step"]) < 0, "a non-finite step during the benchmark"
@@ -227,25 +229,25 @@ def run_case(name: str, batch_size: int, args) -> dict:
   start = time.perf_counter()
   state = run_fused(state, 2)
   # At least 3 steps per dispatch, so that even the slowest case measures fused steps.
-  steps = _steps_for((time.perf_counter() - start) / 2, args.seconds_per_rep, lo=3)
+  num_steps = _steps_for((time.perf_counter() - start) / 2, args.seconds_per_rep, lo=3)
   times, cpu_times = [], []
   for _ in range(reps):
     start, cpu = time.perf_counter(), _cpu_seconds()
-    state = run_fused(state, steps)
+    state = run_fused(state, num_steps)
     times.append(time.perf_counter() - start)
     cpu_times.append(_cpu_seconds() - cpu)
-  fused_ips = steps * batch_size / statistics.median(times)
-  fused_ips_cpu = steps * batch_size / max(statistics.median(cpu_times), 1e-3)
+  fused_ips = num_steps * batch_size / statistics.median(times)
+  fused_ips_cpu = num_steps * batch_size / max(statistics.median(cpu_times), 1e-3)
 
   # One step per dispatch: the loop the fused trainer replaces. The same batches (the epoch's
   # permutation drawn once per epoch, the batch cut and corrupted in its own small dispatch) and
   # the trainer's jitted, donating train step.
   plain_ips = None
   if not args.no_plain:
-    step_fn = train.make_train_step(model, tx, c, mesh)
+    step_fn = steps.make_train_step(model, tx, c, mesh)
 
     # The trainer's own batch cutter, in its own dispatch.
-    cut_batch = jax.jit(lambda perm, step: train.cut_batch(c, keys, images, labels, perm, step))
+    cut_batch = jax.jit(lambda perm, step: steps.cut_batch(c, keys, images, labels, perm, step))
 
     def run_plain(state, num_steps):
       perm, epoch = None, None
@@ -275,7 +277,7 @@ def run_case(name: str, batch_size: int, args) -> dict:
   try:
     batch = {"input": images[:batch_size], "target": images[:batch_size]}
     step_jit = jax.jit(
-      lambda st, b, k: train.train_step(st, b, k, model=model, tx=tx, config=c),
+      lambda st, b, k: steps.train_step(st, b, k, model=model, tx=tx, config=c),
     )
     cost = step_jit.lower(state, batch, keys["step"]).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -285,11 +287,12 @@ def run_case(name: str, batch_size: int, args) -> dict:
 
   # Evaluation: the trainer's eval function over (config.data.eval_limit images of) the test split.
   eval_bs = min(c.eval_batch_size, len(eval_set.images))
-  eval_data = train.prepare_eval_data(eval_set, eval_bs, mesh)
-  eval_fn = train.make_eval_fn(model, c, mesh, eval_bs, keys)
-  train.evaluate(eval_fn, state.params, eval_data)  # Compiles.
+  eval_data = steps.prepare_eval_data(eval_set, eval_bs, mesh)
+  eval_fn = steps.make_eval_fn(model, c, mesh, eval_bs)
+  beta = hp["beta"]
+  steps.evaluate_split(eval_fn, state.params, eval_data, keys, beta)  # Compiles.
   eval_seconds = _median_time(
-    lambda: train.evaluate(eval_fn, state.params, eval_data), max(2, reps - 2)
+    lambda: steps.evaluate_split(eval_fn, state.params, eval_data, keys, beta), max(2, reps - 2)
   )
   record = {}
   record["eval_images_per_sec"] = eval_data["count"] / eval_seconds
@@ -308,7 +311,7 @@ def run_case(name: str, batch_size: int, args) -> dict:
         logits = model.apply({"params": params}, z_BxD, method="decode")
         return -losses.reconstruction_nll(likelihood, logits, x_BxHxWxC)
 
-      bounds = evaluate.iwae_bounds(
+      bounds = estimators.iwae_bounds(
         key_iwae, x, post["mean"], post["logvar"], log_px_given_z, (num_samples,)
       )
       return -bounds[0]
@@ -334,7 +337,7 @@ def run_case(name: str, batch_size: int, args) -> dict:
     "train_images_per_sec": fused_ips,
     "train_images_per_sec_plain": plain_ips,
     "fused_over_plain": fused_ips / plain_ips if plain_ips else None,
-    "steps_per_dispatch": steps,
+    "steps_per_dispatch": num_steps,
     "reps": reps,
     "compile_seconds": compile_seconds,
     **record,
@@ -351,7 +354,7 @@ def run_case(name: str, batch_size: int, args) -> dict:
     "device": device.platform,
     "device_kind": device.device_kind,
     "device_count": jax.device_count(),
-    "num_params": train.count_params(state.params),
+    "num_params": steps.count_params(state.params),
     "dtype": args.dtype,
     "conv_impl": layers.resolve_conv_impl(args.conv_impl),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -67,7 +67,7 @@ def _parse_args(argv=None):
 
 
 class LessonConvAE(nn.Module):
-  """models.LessonConvEncoder/Decoder: 28x28x1 -> 4x4x8 -> 28x28 logits."""
+  """networks.LessonConvEncoder/Decoder: 28x28x1 -> 4x4x8 -> 28x28 logits."""
 
   def __init__(self):
     super().__init__()
@@ -88,7 +88,7 @@ class LessonConvAE(nn.Module):
 
 
 class MlpVAE(nn.Module):
-  """Burda et al.'s 784-200-200-50 tanh VAE (models.DenseEncoder/Decoder)."""
+  """Burda et al.'s 784-200-200-50 tanh VAE (networks.DenseEncoder/Decoder)."""
 
   def __init__(self, widths=(200, 200), latent=50):
     super().__init__()

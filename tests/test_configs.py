@@ -28,6 +28,8 @@ from aejax import configs, errors
     ("objective.beta", float("nan"), "config.objective.beta: must be a finite number"),
     ("keep_checkpoints", 0, "config.keep_checkpoints"),
     ("log_every_steps", 0, "config.log_every_steps"),
+    ("model.dtype", "float16", "config.model.dtype: unknown dtype 'float16'; valid: float32"),
+    ("model.conv_impl", "cudnn", "config.model.conv_impl: unknown convolution 'cudnn'"),
   ],
 )
 def test_bad_values_name_the_field(field, value, match):

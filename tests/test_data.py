@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from aejax import data
+from aejax import data, datafiles
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -88,7 +88,7 @@ def test_binarized_mnist_amat_all_splits(data_dir):
     if mean is not None:
       assert ds.images.mean(dtype=np.float64) == pytest.approx(mean, abs=5e-5)
   # "valid" is the file name's spelling; it must give the same split.
-  valid = data.load_amat_folder(data_dir / "binarized-mnist", "valid")
+  valid = datafiles.load_amat_folder(data_dir / "binarized-mnist", "valid")
   assert valid.shape == (10000, 28, 28) and valid.dtype == np.uint8
 
 
@@ -164,8 +164,8 @@ def test_amat_irregular_whitespace_parses_like_canonical(tmp_path):
   (tmp_path / "b" / "binarized_mnist_test.amat").write_bytes(
     _amat_text(rows, newline=" \r\n").encode()
   )
-  a = data.load_amat_folder(tmp_path / "a", "test")
-  b = data.load_amat_folder(tmp_path / "b", "test")
+  a = datafiles.load_amat_folder(tmp_path / "a", "test")
+  b = datafiles.load_amat_folder(tmp_path / "b", "test")
   assert np.array_equal(a, rows.reshape(3, 28, 28)) and np.array_equal(a, b)
 
 
@@ -207,20 +207,20 @@ def test_auto_folder_with_unrecognised_files(tmp_path):
 def test_idx_wrong_magic(tmp_path):
   _write_idx(tmp_path / "x-ubyte", np.zeros((2, 3, 3)), magic=0x12345678)
   with pytest.raises(data.DataError, match="bad IDX magic number 0x12345678"):
-    data.read_idx(tmp_path / "x-ubyte")
+    datafiles.read_idx(tmp_path / "x-ubyte")
 
 
 def test_idx_truncated_names_byte_counts(tmp_path):
   path = tmp_path / "x-ubyte.gz"
   _write_idx(path, np.zeros((2, 3, 3)), cut=5)
   with pytest.raises(data.DataError, match="truncated") as err:
-    data.read_idx(path)
+    datafiles.read_idx(path)
   assert "x-ubyte.gz" in str(err.value) and "need 18" in str(err.value)
   assert "found 13" in str(err.value)
   # A header that promises more dimensions than the file holds.
   (tmp_path / "short-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00")
   with pytest.raises(data.DataError, match="truncated"):
-    data.read_idx(tmp_path / "short-ubyte")
+    datafiles.read_idx(tmp_path / "short-ubyte")
 
 
 def test_idx_images_labels_count_mismatch(tmp_path):
@@ -234,7 +234,7 @@ def test_idx_labels_file_with_image_magic(tmp_path):
   _write_pair(folder)
   _write_idx(folder / "train-labels-idx1-ubyte", np.zeros((3, 2, 2)))
   with pytest.raises(data.DataError, match="expected integer labels of shape"):
-    data.load_idx_folder(folder, "train")
+    datafiles.load_idx_folder(folder, "train")
 
 
 def test_checksum_mismatch_for_known_file(tmp_path):
@@ -259,7 +259,7 @@ def test_corrupt_gzip(tmp_path, data_dir):
   real = (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
   (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(real[: len(real) // 2])
   with pytest.raises(data.DataError, match="truncated"):
-    data.read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+    datafiles.read_idx(folder / "t10k-labels-idx1-ubyte.gz")
 
 
 def test_amat_bad_value_and_short_line(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from helpers import tiny_digits_config
 from scipy import stats
 
-from aejax import errors, train
+from aejax import errors, estimators, train
 from aejax import evaluate as ev
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -77,11 +77,11 @@ def test_exact_posterior_gives_log_px_with_zero_variance(ppca):
   fn, exact = ppca.log_px_given_z, ppca.log_px[:NUM_SMALL]
   # With q = p(z|x), every weight p(x, z) / q(z|x) is p(x): no sample-to-sample variance at all,
   # so L_1 (a single log weight) and L_k are log p(x) exactly, up to float32 rounding.
-  log_w = np.asarray(ev.log_importance_weights(jax.random.key(0), x, mean, logvar, fn, 100))
+  log_w = np.asarray(estimators.log_importance_weights(jax.random.key(0), x, mean, logvar, fn, 100))
   assert log_w.shape == (100, NUM_SMALL)
   np.testing.assert_allclose(log_w, np.broadcast_to(exact, log_w.shape), rtol=0, atol=1e-4)
   assert log_w.std(axis=0).max() < 1e-4
-  bounds = ev.iwae_bounds(jax.random.key(1), x, mean, logvar, fn, KS_SMALL, 7)
+  bounds = estimators.iwae_bounds(jax.random.key(1), x, mean, logvar, fn, KS_SMALL, 7)
   np.testing.assert_allclose(np.asarray(bounds), np.broadcast_to(exact, (2, NUM_SMALL)), atol=1e-4)
 
 
@@ -91,7 +91,7 @@ def test_wrong_posterior_bound_tightens_with_k_to_log_px(ppca):
   ks = (1, 10, 100, 1000, 5000)
   # Nested: L_k uses the first k samples of one stream, so the differences between k are not
   # swamped by independent noise.
-  bounds = ev.iwae_bounds(
+  bounds = estimators.iwae_bounds(
     jax.random.key(1), ppca.x_BxHxWxC, mean, logvar, ppca.log_px_given_z, ks, chunk_size=500
   )
   gaps = dict(zip(ks, np.mean(np.asarray(bounds, np.float64) - ppca.log_px, axis=1), strict=True))
@@ -110,10 +110,10 @@ def test_chunk_size_does_not_change_the_samples(ppca):
   x, mean, logvar = ppca.x_BxHxWxC[:NUM_SMALL], mean[:NUM_SMALL], logvar[:NUM_SMALL]
   fn, key = ppca.log_px_given_z, jax.random.key(3)
   # Chunks of 7 for k = 10 and k = 100 at once (nested: L_10 is the first 10 samples of L_100).
-  by_7 = np.asarray(ev.iwae_bounds(key, x, mean, logvar, fn, KS_SMALL, 7))
-  by_k = np.asarray(ev.iwae_bound(key, x, mean, logvar, fn, 100, chunk_size=100))
+  by_7 = np.asarray(estimators.iwae_bounds(key, x, mean, logvar, fn, KS_SMALL, 7))
+  by_k = np.asarray(estimators.iwae_bound(key, x, mean, logvar, fn, 100, chunk_size=100))
   np.testing.assert_allclose(by_k, by_7[1], rtol=0, atol=2e-5)
-  log_w = ev.log_importance_weights(key, x, mean, logvar, fn, 100)
+  log_w = estimators.log_importance_weights(key, x, mean, logvar, fn, 100)
   for row, k in enumerate(KS_SMALL):
     direct = jax.scipy.special.logsumexp(log_w[:k], axis=0) - math.log(k)
     np.testing.assert_allclose(np.asarray(direct), by_7[row], rtol=0, atol=2e-5)
@@ -129,7 +129,7 @@ def test_log_weights_far_from_zero_stay_finite(ppca):
   def shifted(x_BxHxWxC, z_BxD):
     return ppca.log_px_given_z(x_BxHxWxC, z_BxD) + offset_B
 
-  bound = np.asarray(ev.iwae_bound(jax.random.key(0), x, mean, logvar, shifted, 300, 64))
+  bound = np.asarray(estimators.iwae_bound(jax.random.key(0), x, mean, logvar, shifted, 300, 64))
   assert np.all(np.isfinite(bound))
   np.testing.assert_allclose(bound, ppca.log_px[:20] + offset_B, rtol=0, atol=1e-2)
 
@@ -137,7 +137,7 @@ def test_log_weights_far_from_zero_stay_finite(ppca):
 def test_iwae_bound_rejects_bad_k(ppca):
   mean, logvar = ppca.posterior()
   with pytest.raises(errors.InputError, match="k >= 1"):
-    ev.iwae_bound(jax.random.key(0), ppca.x_BxHxWxC[:2], mean[:2], logvar[:2], abs, 0)
+    estimators.iwae_bound(jax.random.key(0), ppca.x_BxHxWxC[:2], mean[:2], logvar[:2], abs, 0)
 
 
 def test_active_units_and_kl_per_dim_on_known_arrays():
@@ -147,25 +147,25 @@ def test_active_units_and_kl_per_dim_on_known_arrays():
     [rng.normal(size=1000), 0.2 * rng.normal(size=1000), np.zeros(1000), np.full(1000, 3.0)], 1
   )
   means[::2, 2], means[1::2, 2] = 0.09, -0.09  # Variance 0.0081 < 0.01.
-  count, variances = ev.active_units(means)
+  count, variances = estimators.active_units(means)
   assert count == 2
   np.testing.assert_allclose(variances, np.var(means, axis=0))
-  assert ev.active_units(means, threshold=1e-3)[0] == 3
+  assert estimators.active_units(means, threshold=1e-3)[0] == 3
   # KL(N(m, exp(lv)) || N(0, 1)) = 0.5 (exp(lv) + m^2 - 1 - lv): 0 at the prior, 0.5 at m = 1,
   # 0.5 (e - 2) at lv = 1; averaged over the two images.
   mean = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
   logvar = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], np.float32)
   np.testing.assert_allclose(
-    ev.kl_per_dim(mean, logvar), [0.0, 0.5, 0.25 * (math.e - 2)], rtol=1e-6
+    estimators.kl_per_dim(mean, logvar), [0.0, 0.5, 0.25 * (math.e - 2)], rtol=1e-6
   )
 
 
 def test_bits_per_dim_and_dequantisation():
   # A uniform density on [0, 1)^D (nll 0) is exactly 8 bits per dimension of 8-bit data.
-  assert ev.bits_per_dim(0.0, 784) == pytest.approx(8.0)
-  assert ev.bits_per_dim(784 * math.log(2), 784) == pytest.approx(9.0)
+  assert estimators.bits_per_dim(0.0, 784) == pytest.approx(8.0)
+  assert estimators.bits_per_dim(784 * math.log(2), 784) == pytest.approx(9.0)
   levels = np.arange(256, dtype=np.float32).reshape(1, 16, 16, 1)
-  y = np.asarray(ev.dequantise(jax.random.key(0), levels / 255.0))
+  y = np.asarray(estimators.dequantise(jax.random.key(0), levels / 255.0))
   # Level k lands in its own bin [k / 256, (k + 1) / 256).
   assert np.all(np.floor(y * 256) == levels)
 
@@ -305,7 +305,9 @@ def test_gaussian_decoder_on_8bit_mnist_gets_bits_per_dim(tmp_path, data_dir):
   assert "linear_probe_accuracy" not in results and "fid_features" not in results
   # (nll(y) / 784 + log 256) / log 2 with nll(y) of the dequantised images: near, not equal to,
   # the same formula on the undequantised nll (the images move by less than 1/256).
-  from_nll = ev.bits_per_dim(results["nll"], 784)
+  from_nll = estimators.bits_per_dim(results["nll"], 784)
   assert np.isfinite(results["bits_per_dim"]) and abs(results["bits_per_dim"] - from_nll) < 0.1
-  assert results["bits_per_dim"] == pytest.approx(ev.bits_per_dim(results["nll_dequantised"], 784))
+  assert results["bits_per_dim"] == pytest.approx(
+    estimators.bits_per_dim(results["nll_dequantised"], 784)
+  )
   assert "bits/dim" in (tmp_path / ev.RESULTS_MD).read_text()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from aejax import configs, data, errors, metric_writer, train
+from aejax import configs, data, errors, metrics, train, visualize
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
@@ -72,7 +72,9 @@ def test_tiny_variant_trains_end_to_end(path, tmp_path, data_dir, monkeypatch):
       monkeypatch.setattr(data, "_network_available", lambda *a, **k: True)
       stack.enter_context(tfds.testing.mock_data(num_examples=c.data.train_limit))
     train.train_and_evaluate(c, str(tmp_path))
-  last_eval = [r for r in metric_writer.read_metrics(tmp_path) if "eval/loss" in r][-1]
+    # What the training CLI does next: the final figures and task metrics.
+    visualize.finalize(tmp_path)
+  last_eval = [r for r in metrics.read_metrics(tmp_path) if "eval/loss" in r][-1]
   assert last_eval["step"] == c.total_steps
   assert math.isfinite(last_eval["eval/loss"]) and math.isfinite(last_eval["eval/bce_per_pixel"])
   assert (tmp_path / "checkpoints" / str(c.total_steps)).is_dir()
@@ -114,11 +116,18 @@ def test_cli_runs_with_overrides(tmp_path):
     f"--workdir={tmp_path}",
     "--config.seed=3",
     "--config.model.latent_dim=3",
+    # Mixed precision from the command line: bf16 compute, float32 parameters.
+    "--config.model.dtype=bfloat16",
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  saved = (tmp_path / "config.json").read_text()
-  assert '"seed": 3' in saved and '"latent_dim": 3' in saved
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["seed"] == 3 and saved["model"]["latent_dim"] == 3
+  assert saved["model"]["dtype"] == "bfloat16"
+  final = json.loads((tmp_path / "final_metrics.json").read_text())
+  assert math.isfinite(final["eval/loss"])
   assert (tmp_path / "samples.png").exists()
+  # The CLI finalizes the run after training: the latent figures of the trained model.
+  assert (tmp_path / "latent_noise.png").exists() and (tmp_path / "interpolation.png").exists()
 
 
 def test_cli_bad_config_is_one_clear_line(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from aejax import figures
+from aejax import figures, latent_figures
 from aejax.figures import plt
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -238,9 +238,9 @@ def _texts(items) -> list[str]:
 
 @pytest.fixture
 def drawn(monkeypatch):
-  """Wraps figures._save and returns a list that gets one summary dict per saved figure."""
+  """Wraps figures.save_figure and returns a list that gets one summary dict per saved figure."""
   records = []
-  save = figures._save
+  save = figures.save_figure
 
   def recording_save(fig, path):
     result = save(fig, path)  # draws the figure, so tick labels are filled in
@@ -258,7 +258,7 @@ def drawn(monkeypatch):
     )
     return result
 
-  monkeypatch.setattr(figures, "_save", recording_save)
+  monkeypatch.setattr(figures, "save_figure", recording_save)
   return records
 
 
@@ -275,7 +275,7 @@ def test_save_latent_grid_20x20_digits_orientation(tmp_path, drawn):
   images = _morph_grid(20, 20)
   z = np.linspace(-2.0, 2.0, 20)
   path = tmp_path / "sub" / "grid.png"
-  assert figures.save_latent_grid(path, images, z, z, "VAE latent grid") == path
+  assert latent_figures.save_latent_grid(path, images, z, z, "VAE latent grid") == path
   pixels = _read_png(path)
   # 20 cells of 28 px at a whole number of screen pixels each, plus the axis labels.
   assert pixels.shape[0] >= 560 and pixels.shape[1] >= 560
@@ -299,11 +299,11 @@ def test_save_latent_grid_20x20_digits_orientation(tmp_path, drawn):
 def test_save_latent_grid_order_of_z_values_does_not_matter(tmp_path):
   images = _morph_grid(6, 5, 8, 8)
   z1, z2 = np.linspace(-1, 1, 5), np.linspace(-3, 3, 6)
-  a = _read_png(figures.save_latent_grid(tmp_path / "a.png", images, z1, z2, "ascending"))
+  a = _read_png(latent_figures.save_latent_grid(tmp_path / "a.png", images, z1, z2, "ascending"))
   # The same decodings listed with z2 descending (a common layout) and z1 descending.
   flipped = images[::-1, ::-1]
   b = _read_png(
-    figures.save_latent_grid(tmp_path / "b.png", flipped, z1[::-1], z2[::-1], "ascending")
+    latent_figures.save_latent_grid(tmp_path / "b.png", flipped, z1[::-1], z2[::-1], "ascending")
   )
   np.testing.assert_array_equal(a, b)
 
@@ -312,7 +312,7 @@ def test_save_latent_grid_rgb_30x30_small_images(tmp_path, drawn):
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(30, 30, 8, 8, 3)).astype(np.float32)
   z = np.sort(rng.normal(size=30))
-  pixels = _read_png(figures.save_latent_grid(tmp_path / "g.png", images, z, z, "RGB grid"))
+  pixels = _read_png(latent_figures.save_latent_grid(tmp_path / "g.png", images, z, z, "RGB grid"))
   assert pixels.shape[0] >= 30 * 8 and pixels.shape[1] >= 30 * 8
   # Labels are thinned out so ".2f" labels cannot collide.
   assert 3 <= len(drawn[0]["xticks"][0]) <= 10
@@ -345,7 +345,7 @@ def _colorbar_ticks(record) -> list[str]:
 def test_save_latent_scatter_by_dimension(tmp_path, drawn, d, xlabel, ylabel, note):
   z, labels = _clustered(2000, d)
   names = [f"digit {k}" for k in range(10)]
-  path = figures.save_latent_scatter(
+  path = latent_figures.save_latent_scatter(
     tmp_path / "s.png", z, labels, "Test latents", class_names=names
   )
   pixels = _read_png(path)
@@ -364,7 +364,7 @@ def test_save_latent_scatter_tsne_subsamples(tmp_path, drawn):
   # Barnes-Hut t-SNE spin-waits on OpenMP threads, which is many times slower on busy shared
   # cores; one thread keeps this test at about a second.
   with threadpool_limits(1):
-    path = figures.save_latent_scatter(
+    path = latent_figures.save_latent_scatter(
       tmp_path / "t.png", z, labels, "Latents", method="tsne", max_points=200, seed=3
     )
   _read_png(path)
@@ -378,7 +378,7 @@ def test_save_latent_scatter_tsne_subsamples(tmp_path, drawn):
 
 def test_save_latent_scatter_without_labels_has_no_colorbar(tmp_path, drawn):
   z, _ = _clustered(10000, 2)
-  _read_png(figures.save_latent_scatter(tmp_path / "n.png", z, None, "Unlabelled"))
+  _read_png(latent_figures.save_latent_scatter(tmp_path / "n.png", z, None, "Unlabelled"))
   (record,) = drawn
   assert len(record["axes"]) == 1
   assert len(record["axes"][0].collections[0].get_offsets()) == 10000
@@ -388,10 +388,10 @@ def test_save_latent_scatter_sparse_and_many_classes(tmp_path, drawn):
   z, labels = _clustered(300, 3, k=3)
   # Labels need not be 0..K-1: one colour and one tick per distinct label.
   sparse = np.array([0, 3, 7])[labels]
-  figures.save_latent_scatter(tmp_path / "a.png", z, sparse.astype(np.float32), "Sparse")
+  latent_figures.save_latent_scatter(tmp_path / "a.png", z, sparse.astype(np.float32), "Sparse")
   assert _colorbar_ticks(drawn[0]) == ["0", "3", "7"]
   z, labels = _clustered(600, 2, k=12)
-  _read_png(figures.save_latent_scatter(tmp_path / "b.png", z, labels, "Twelve classes"))
+  _read_png(latent_figures.save_latent_scatter(tmp_path / "b.png", z, labels, "Twelve classes"))
   assert _colorbar_ticks(drawn[1]) == [str(k) for k in range(12)]
 
 
@@ -401,7 +401,9 @@ def test_save_latent_scatter_sparse_and_many_classes(tmp_path, drawn):
 def test_save_interpolation(tmp_path, drawn):
   rows = np.stack([_images(10, 28, 28, 1, seed=p) for p in range(4)])
   labels = ["3 -> 8", "1 -> 7", "0 -> 6", "4 -> 9"]
-  path = figures.save_interpolation(tmp_path / "i.png", rows, "Interpolation", row_labels=labels)
+  path = latent_figures.save_interpolation(
+    tmp_path / "i.png", rows, "Interpolation", row_labels=labels
+  )
   pixels = _read_png(path)
   assert pixels.shape[1] >= 10 * 28 * 2 and pixels.shape[0] >= 4 * 28 * 2
   (record,) = drawn
@@ -414,7 +416,7 @@ def test_save_interpolation(tmp_path, drawn):
 
 def test_save_interpolation_long_rgb_rows_default_labels(tmp_path, drawn):
   rows = _images(60, 8, 8, 3).reshape(2, 30, 8, 8, 3)
-  _read_png(figures.save_interpolation(tmp_path / "i.png", rows, "Long"))
+  _read_png(latent_figures.save_interpolation(tmp_path / "i.png", rows, "Long"))
   (record,) = drawn
   assert record["ylabels"] == ["pair 1", "pair 2"]
   # Long rows have narrow cells, so only some columns are headed.
@@ -424,7 +426,7 @@ def test_save_interpolation_long_rgb_rows_default_labels(tmp_path, drawn):
 def test_save_latent_noise(tmp_path, drawn):
   images = np.stack([_images(8, 28, 28, 1, seed=s) for s in range(5)])
   scales = [0.0, 0.25, 0.5, 1.0, 2.0]
-  path = figures.save_latent_noise(tmp_path / "n.png", images, scales, "Noisy latents")
+  path = latent_figures.save_latent_noise(tmp_path / "n.png", images, scales, "Noisy latents")
   pixels = _read_png(path)
   assert pixels.shape[1] >= 8 * 28 * 2 and pixels.shape[0] >= 5 * 28 * 2
   (record,) = drawn
@@ -502,100 +504,110 @@ def _line(p, x=(1, 2, 4), panels=None, **kwargs):
   [
     # save_latent_grid
     (
-      lambda p: figures.save_latent_grid(
+      lambda p: latent_figures.save_latent_grid(
         p, _with(_GRID, (1, 2, 3, 4, 0), np.nan), range(4), range(3), "t"
       ),
       r"images: 1 non-finite",
     ),
     (
-      lambda p: figures.save_latent_grid(p, _GRID, [0, 1, np.inf, 3], range(3), "t"),
+      lambda p: latent_figures.save_latent_grid(p, _GRID, [0, 1, np.inf, 3], range(3), "t"),
       "z1_values.*non-finite",
     ),
     (
-      lambda p: figures.save_latent_grid(p, _GRID, range(4), [0, np.nan, 1], "t"),
+      lambda p: latent_figures.save_latent_grid(p, _GRID, range(4), [0, np.nan, 1], "t"),
       "z2_values.*non-finite",
     ),
     (
-      lambda p: figures.save_latent_grid(p, _GRID[0], range(4), range(3), "t"),
+      lambda p: latent_figures.save_latent_grid(p, _GRID[0], range(4), range(3), "t"),
       r"images.*\(G2, G1, H, W, C\).*\(4, 8, 8, 1\)",
     ),
     (
-      lambda p: figures.save_latent_grid(
+      lambda p: latent_figures.save_latent_grid(
         p, np.concatenate([_GRID, _GRID], axis=-1), range(4), range(3), "t"
       ),
       r"images.*C = 1.*\(3, 4, 8, 8, 2\)",
     ),
     (
-      lambda p: figures.save_latent_grid(p, _GRID, range(3), range(3), "t"),
+      lambda p: latent_figures.save_latent_grid(p, _GRID, range(3), range(3), "t"),
       r"z1_values.*\(4,\).*\(3,\)",
     ),
     (
-      lambda p: figures.save_latent_grid(p, _GRID, range(4), range(4), "t"),
+      lambda p: latent_figures.save_latent_grid(p, _GRID, range(4), range(4), "t"),
       r"z2_values.*\(3,\).*\(4,\)",
     ),
     (
-      lambda p: figures.save_latent_grid(
+      lambda p: latent_figures.save_latent_grid(
         p, (_GRID * 255).astype(np.uint8), range(4), range(3), "t"
       ),
       "images.*uint8",
     ),
     # save_latent_scatter
     (
-      lambda p: figures.save_latent_scatter(p, _with(_Z, (2, 1), np.nan), None, "t"),
+      lambda p: latent_figures.save_latent_scatter(p, _with(_Z, (2, 1), np.nan), None, "t"),
       "z: 1 non-finite",
     ),
-    (lambda p: figures.save_latent_scatter(p, np.zeros(10), None, "t"), r"z.*\(10,\)"),
-    (lambda p: figures.save_latent_scatter(p, np.zeros((0, 2)), None, "t"), r"z.*\(0, 2\)"),
+    (lambda p: latent_figures.save_latent_scatter(p, np.zeros(10), None, "t"), r"z.*\(10,\)"),
+    (lambda p: latent_figures.save_latent_scatter(p, np.zeros((0, 2)), None, "t"), r"z.*\(0, 2\)"),
     (
-      lambda p: figures.save_latent_scatter(p, _Z, None, "t", method="umap"),
+      lambda p: latent_figures.save_latent_scatter(p, _Z, None, "t", method="umap"),
       r"method.*'pca', 'tsne'.*'umap'",
     ),
     (
-      lambda p: figures.save_latent_scatter(p, _Z, np.zeros(9, int), "t"),
+      lambda p: latent_figures.save_latent_scatter(p, _Z, np.zeros(9, int), "t"),
       r"labels.*\(10,\).*\(9,\)",
     ),
-    (lambda p: figures.save_latent_scatter(p, _Z, np.full(10, 0.5), "t"), "labels.*integer"),
+    (lambda p: latent_figures.save_latent_scatter(p, _Z, np.full(10, 0.5), "t"), "labels.*integer"),
     (
-      lambda p: figures.save_latent_scatter(p, _Z, _with(np.zeros(10), 3, np.nan), "t"),
+      lambda p: latent_figures.save_latent_scatter(p, _Z, _with(np.zeros(10), 3, np.nan), "t"),
       "labels.*non-finite",
     ),
     (
-      lambda p: figures.save_latent_scatter(p, _Z, None, "t", class_names=["a"]),
+      lambda p: latent_figures.save_latent_scatter(p, _Z, None, "t", class_names=["a"]),
       "class_names.*without labels",
     ),
     (
-      lambda p: figures.save_latent_scatter(p, _Z, np.arange(10) % 3, "t", class_names=["a", "b"]),
+      lambda p: latent_figures.save_latent_scatter(
+        p, _Z, np.arange(10) % 3, "t", class_names=["a", "b"]
+      ),
       "class_names: 2 names",
     ),
-    (lambda p: figures.save_latent_scatter(p, _Z, None, "t", max_points=0), "max_points"),
-    (lambda p: figures.save_latent_scatter(p, _Z[:1], None, "t"), "z.*at least 2 points"),
+    (lambda p: latent_figures.save_latent_scatter(p, _Z, None, "t", max_points=0), "max_points"),
+    (lambda p: latent_figures.save_latent_scatter(p, _Z[:1], None, "t"), "z.*at least 2 points"),
     # save_interpolation
     (
-      lambda p: figures.save_interpolation(p, _with(_GRID, (0, 0, 0, 0, 0), np.inf), "t"),
+      lambda p: latent_figures.save_interpolation(p, _with(_GRID, (0, 0, 0, 0, 0), np.inf), "t"),
       "rows: 1 non-finite",
     ),
     (
-      lambda p: figures.save_interpolation(p, _GRID[0], "t"),
+      lambda p: latent_figures.save_interpolation(p, _GRID[0], "t"),
       r"rows.*\(P, S, H, W, C\).*\(4, 8, 8, 1\)",
     ),
     (
-      lambda p: figures.save_interpolation(p, _GRID[:, :1], "t"),
+      lambda p: latent_figures.save_interpolation(p, _GRID[:, :1], "t"),
       r"rows.*S >= 2.*\(3, 1, 8, 8, 1\)",
     ),
-    (lambda p: figures.save_interpolation(p, _GRID, "t", row_labels=["a", "b"]), "row_labels.*3"),
+    (
+      lambda p: latent_figures.save_interpolation(p, _GRID, "t", row_labels=["a", "b"]),
+      "row_labels.*3",
+    ),
     # save_latent_noise
     (
-      lambda p: figures.save_latent_noise(p, _with(_GRID, (2, 3, 0, 0, 0), np.nan), [0, 1, 2], "t"),
+      lambda p: latent_figures.save_latent_noise(
+        p, _with(_GRID, (2, 3, 0, 0, 0), np.nan), [0, 1, 2], "t"
+      ),
       "images: 1 non-finite",
     ),
     (
-      lambda p: figures.save_latent_noise(p, _GRID, [0, 1], "t"),
+      lambda p: latent_figures.save_latent_noise(p, _GRID, [0, 1], "t"),
       r"scales.*\(3, 4, 8, 8, 1\).*3.*got 2",
     ),
-    (lambda p: figures.save_latent_noise(p, _GRID, [0, np.nan, 1], "t"), "scales.*non-finite"),
-    (lambda p: figures.save_latent_noise(p, _GRID, [0, -1, 1], "t"), "scales.*>= 0"),
     (
-      lambda p: figures.save_latent_noise(p, _GRID[0], [0, 1, 2], "t"),
+      lambda p: latent_figures.save_latent_noise(p, _GRID, [0, np.nan, 1], "t"),
+      "scales.*non-finite",
+    ),
+    (lambda p: latent_figures.save_latent_noise(p, _GRID, [0, -1, 1], "t"), "scales.*>= 0"),
+    (
+      lambda p: latent_figures.save_latent_noise(p, _GRID[0], [0, 1, 2], "t"),
       r"images.*\(S, N, H, W, C\).*\(4, 8, 8, 1\)",
     ),
     # save_line_plots

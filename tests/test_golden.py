@@ -16,7 +16,7 @@ import pytest
 from helpers import tiny_digits_config
 
 import aejax
-from aejax import configs, multi_seed, train
+from aejax import configs, train
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 GOLDEN = json.loads((FIXTURES / "golden_metrics.json").read_text())
@@ -56,7 +56,7 @@ def test_a_vmapped_group_gives_the_recorded_final_metrics(tmp_path):
     c.seed, c.objective.beta, c.optimizer.learning_rate = seed, beta, learning_rate
     group.append(c)
   dirs = [tmp_path / f"m{i}" for i in range(len(group))]
-  multi_seed.train_and_evaluate(group, dirs)
+  train.train_population(group, dirs)
   for d, want in zip(dirs, GOLDEN["group"], strict=True):
     _assert_metrics(json.loads((d / "final_metrics.json").read_text()), want)
 

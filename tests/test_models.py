@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from aejax import configs, errors, layers, losses, models, train
+from aejax import configs, errors, layers, losses, models, networks, steps
 
 CASES = [
   # name, image shape, extra model fields
@@ -212,8 +212,8 @@ def test_max_pool_matches_flax(height):
   """The lesson's pooling as a reshape is Flax's max_pool ("SAME" pads odd sizes), gradient too."""
   x = jax.random.normal(jax.random.key(0), (2, height, height, 3))  # No ties.
   expected = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-  np.testing.assert_array_equal(models._max_pool_2(x, "SAME"), expected)
-  grad = jax.grad(lambda x: jnp.sum(jnp.sin(models._max_pool_2(x, "SAME"))))(x)
+  np.testing.assert_array_equal(networks._max_pool_2(x, "SAME"), expected)
+  grad = jax.grad(lambda x: jnp.sum(jnp.sin(networks._max_pool_2(x, "SAME"))))(x)
   expected_grad = jax.grad(
     lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")))
   )(x)
@@ -238,7 +238,7 @@ def test_pythae_conv_vae_layers_and_parameter_count():
   encoder += 2 * dense(1024, 16)
   decoder = dense(16, 1024 * 4 * 4) + conv(3, 1024, 512) + batch_norm(512)
   decoder += conv(3, 512, 256) + batch_norm(256) + conv(3, 256, 1)
-  assert train.count_params(params) == encoder + decoder == 17_232_033
+  assert steps.count_params(params) == encoder + decoder == 17_232_033
   assert params["encoder"]["Conv_3"]["kernel"].shape == (4, 4, 512, 1024)
   assert params["decoder"]["ConvTranspose_0"]["kernel"].shape == (3, 3, 1024, 512)
   out = jax.jit(model.apply)({"params": params}, x, jax.random.key(3))
@@ -248,7 +248,7 @@ def test_pythae_conv_vae_layers_and_parameter_count():
 
 def test_batch_norm_normalises_with_batch_statistics():
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (16, 5, 5, 4))
-  bn = models.BatchNorm()
+  bn = networks.BatchNorm()
   params = bn.init(jax.random.key(1), x)
   assert set(params["params"]) == {"scale", "bias"}
   y = bn.apply(params, x)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.scipy.stats import norm
 
-from aejax import configs, errors, losses, models, optim, train
+from aejax import configs, errors, losses, models, objectives, optim, train
 from tests.helpers import tiny_digits_config
 
 
@@ -28,7 +28,7 @@ def test_iwae_loss_matches_a_direct_computation():
   k = 7
   c, model, params, batch = _model_params_batch("iwae", k)
   key = jax.random.key(5)
-  terms = train.per_image_losses(model, params, batch, key, c, jnp.float32(1.0))
+  terms = objectives.per_image_losses(model, params, batch, key, c, jnp.float32(1.0))
   post = model.apply({"params": params}, batch["input"], method=model.encode)
   mean, std = post["mean"], jnp.exp(0.5 * post["logvar"])
   eps = jax.random.normal(key, (k, *mean.shape))  # The documented draw: one (k, B, D) normal.
@@ -52,7 +52,7 @@ def test_bounds_tighten_with_k_and_iwae_is_tighter_than_the_elbo():
   for k in (1, 5, 50):
     c, model, params, batch = _model_params_batch("iwae", k)
     draws = [
-      train.per_image_losses(model, params, batch, jax.random.key(s), c, jnp.float32(1.0))
+      objectives.per_image_losses(model, params, batch, jax.random.key(s), c, jnp.float32(1.0))
       for s in range(4)
     ]
     bounds[k] = -float(np.mean([d["loss"] for d in draws]))
@@ -65,14 +65,14 @@ def test_bounds_tighten_with_k_and_iwae_is_tighter_than_the_elbo():
 def test_k_sample_elbo_averages_reconstructions_and_uses_the_analytic_kl():
   c, model, params, batch = _model_params_batch("elbo", 4)
   c.objective.beta = 2.0
-  terms = train.per_image_losses(model, params, batch, jax.random.key(3), c, jnp.float32(2.0))
+  terms = objectives.per_image_losses(model, params, batch, jax.random.key(3), c, jnp.float32(2.0))
   np.testing.assert_allclose(terms["loss"], terms["recon"] + 2.0 * terms["kl"], rtol=1e-6)
   np.testing.assert_allclose(terms["neg_elbo"], terms["recon"] + terms["kl"], rtol=1e-6)
   post = model.apply({"params": params}, batch["input"], method=model.encode)
   kl = losses.gaussian_kl(post["mean"], post["logvar"]).sum(-1)
   np.testing.assert_allclose(terms["kl"], kl, rtol=1e-6)
   # Without a key the samples collapse onto the posterior mean: k decoder passes of one code.
-  no_key = train.per_image_losses(model, params, batch, None, c, jnp.float32(1.0))
+  no_key = objectives.per_image_losses(model, params, batch, None, c, jnp.float32(1.0))
   logits = model.apply({"params": params}, post["mean"], method=model.decode)
   recon = losses.bernoulli_nll(logits, batch["target"]).sum(axis=(1, 2, 3))
   np.testing.assert_allclose(no_key["recon"], recon, rtol=1e-5)

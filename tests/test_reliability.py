@@ -27,7 +27,20 @@ from hypothesis.extra import numpy as hnp
 from ml_collections import config_flags
 
 import aejax
-from aejax import configs, data, errors, main, metric_writer, models, optim, tasks, train
+from aejax import (
+  checkpoint,
+  configs,
+  data,
+  errors,
+  main,
+  metrics,
+  models,
+  optim,
+  parallel,
+  steps,
+  tasks,
+  train,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "experiments" / "quickstart.py"
@@ -126,7 +139,7 @@ def _kill_during_write(workdir, args, log, min_done: int) -> None:
 
 def _metric_steps(workdir) -> list[tuple[int, bool]]:
   """(step, is an evaluation) of every metrics.jsonl record, in order."""
-  return [(r["step"], "eval/loss" in r) for r in metric_writer.read_metrics(workdir)]
+  return [(r["step"], "eval/loss" in r) for r in metrics.read_metrics(workdir)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +230,7 @@ def test_main_reports_sigterm_as_one_line_and_status_128_plus_signal(monkeypatch
   checkpoint, tests/test_train.py) on SIGTERM; the slow kill test sends both signals for real."""
 
   def interrupted(*args, **kwargs):
-    raise train.TrainingInterrupted(6, signal.SIGTERM, "/w")
+    raise errors.TrainingInterrupted(6, signal.SIGTERM, "/w")
 
   class Flags:
     config, workdir, distributed, allow_config_change = None, "/w", False, False
@@ -278,7 +291,7 @@ def _fresh_state():
   config, _ = _quickstart_tiny(**RUN)
   model = models.build_model(config.model, (8, 8, 1))
   tx = optim.make_optimizer(config.optimizer, config.total_steps)
-  return train.create_train_state(model, tx, (8, 8, 1), jax.random.key(9), train.make_mesh())
+  return steps.create_train_state(model, tx, (8, 8, 1), jax.random.key(9), parallel.make_mesh())
 
 
 @pytest.mark.parametrize(
@@ -287,8 +300,8 @@ def _fresh_state():
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(finished_run, tmp_path, how, caplog):
   workdir = _copy(finished_run, tmp_path)
   _damage(workdir / "checkpoints" / "16", how)
-  manager = train.checkpoint_manager(workdir, keep=4)
-  restored = train.restore_latest(manager, _fresh_state())
+  manager = checkpoint.checkpoint_manager(workdir, keep=4)
+  restored = checkpoint.restore_latest(manager, _fresh_state())
   manager.close()
   assert int(restored.step) == 12
   assert "Checkpoint 16" in caplog.text and str(workdir / "checkpoints") in caplog.text
@@ -326,9 +339,9 @@ def test_all_checkpoints_damaged_is_one_clear_error_and_nothing_is_deleted(finis
   for step in (4, 8, 12, 16):
     _damage(workdir / "checkpoints" / str(step), "truncated")
   before = sorted(os.listdir(workdir / "checkpoints"))
-  manager = train.checkpoint_manager(workdir, keep=4)
+  manager = checkpoint.checkpoint_manager(workdir, keep=4)
   with pytest.raises(errors.CheckpointError, match="none of the 4 checkpoints") as info:
-    train.restore_latest(manager, _fresh_state())
+    checkpoint.restore_latest(manager, _fresh_state())
   manager.close()
   assert str(workdir / "checkpoints") in str(info.value)
   assert sorted(os.listdir(workdir / "checkpoints")) == before
@@ -367,12 +380,12 @@ def test_disk_full_during_a_background_checkpoint_write(finished_run, tmp_path, 
 
 def test_disk_full_when_a_checkpoint_write_starts(tmp_path, monkeypatch):
   state = _fresh_state()
-  manager = train.checkpoint_manager(tmp_path, keep=3)
-  train.save_checkpoint(manager, 1, state)
-  train.wait_for_checkpoints(manager)
+  manager = checkpoint.checkpoint_manager(tmp_path, keep=3)
+  checkpoint.save_checkpoint(manager, 1, state)
+  checkpoint.wait_for_checkpoints(manager)
   monkeypatch.setattr(manager, "save", _raise_enospc)
   with pytest.raises(errors.CheckpointError, match="writing checkpoint 2 to .* failed") as info:
-    train.save_checkpoint(manager, 2, state)
+    checkpoint.save_checkpoint(manager, 2, state)
   assert "No space left on device" in str(info.value) and "(steps 1)" in str(info.value)
   monkeypatch.undo()
   manager.close()
@@ -614,14 +627,14 @@ def _check_before_compilation(c) -> None:
   model = models.build_model(c.model, shape)
   configs.validate_objective(c, model.is_variational)
   tx = optim.make_optimizer(c.optimizer, max(c.total_steps, 1), 44)
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   state = jax.eval_shape(
-    lambda: train.create_train_state(model, tx, shape, jax.random.key(0), mesh)
+    lambda: steps.create_train_state(model, tx, shape, jax.random.key(0), mesh)
   )
   images = jax.ShapeDtypeStruct((c.batch_size, *shape), jnp.float32)
   labels = jax.ShapeDtypeStruct((c.batch_size,), jnp.int32) if c.model.num_classes else None
   batch = jax.eval_shape(lambda x, y: tasks.make_batch(jax.random.key(0), x, y, c), images, labels)
-  step = functools.partial(train.train_step, model=model, tx=tx, config=c)
+  step = functools.partial(steps.train_step, model=model, tx=tx, config=c)
   jax.eval_shape(step, state, batch, jax.random.key(1))
 
 

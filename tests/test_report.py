@@ -7,7 +7,7 @@ import os
 import pytest
 from helpers import tiny_digits_config
 
-from aejax import report, sweep
+from aejax import report, sweep_grid
 
 
 def _fake_run(sweep_dir, latent_dim, seed, nll=None, seconds=10.0, group=1):
@@ -15,17 +15,17 @@ def _fake_run(sweep_dir, latent_dim, seed, nll=None, seconds=10.0, group=1):
   c = tiny_digits_config(total_steps=16, latent_dim=latent_dim)
   c.seed = seed
   overrides = {"model.latent_dim": latent_dim, "seed": seed}
-  name = sweep.run_names([overrides])[0]
+  name = sweep_grid.run_names([overrides])[0]
   workdir = sweep_dir / name
   workdir.mkdir(parents=True)
   config = json.loads(c.to_json_best_effort())
   (workdir / "config.json").write_text(json.dumps(config))
   record = {"name": name, "overrides": overrides, "config": config}
-  (workdir / sweep.RUN_RECORD).write_text(json.dumps(record))
+  (workdir / sweep_grid.RUN_RECORD).write_text(json.dumps(record))
   info = {"image_shape": [8, 8, 1], "data": "digits/digits", "num_train": 256, "has_labels": True}
   (workdir / "run_info.json").write_text(json.dumps(info))
   attempt = {"stage": "train", "group": [f"m{i}" for i in range(group)], "seconds": seconds}
-  (workdir / sweep.ATTEMPTS).write_text(json.dumps({**attempt, "device": "cpu"}) + "\n")
+  (workdir / sweep_grid.ATTEMPTS).write_text(json.dumps({**attempt, "device": "cpu"}) + "\n")
   if nll is not None:
     (workdir / "final_metrics.json").write_text(json.dumps({"step": 16}))
     results = {"step": 16, "nll": nll, "elbo": -nll - 1.0, "recon": nll - 2.0, "kl": 3.0}

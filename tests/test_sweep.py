@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from aejax import configs, errors, sweep
+from aejax import configs, errors, sweep, sweep_grid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "latent_sweep.py"
@@ -46,75 +46,76 @@ def _base():
 
 
 def test_grid_from_flags_is_the_product_with_seeds_last():
-  runs = sweep.expand(latent_dims=[2, 8], betas=[1.0, 4.0], seeds=[0, 1])
+  runs = sweep_grid.expand(latent_dims=[2, 8], betas=[1.0, 4.0], seeds=[0, 1])
   assert len(runs) == 8
-  names = sweep.run_names(runs)
+  names = sweep_grid.run_names(runs)
   assert names[:3] == [
     "latent_dim=2,beta=1,seed=0",
     "latent_dim=2,beta=1,seed=1",
     "latent_dim=2,beta=4,seed=0",
   ]
   assert names[-1] == "latent_dim=8,beta=4,seed=1"
-  assert sweep.run_names(sweep.expand(seeds=[3])) == ["seed=3"]
+  assert sweep_grid.run_names(sweep_grid.expand(seeds=[3])) == ["seed=3"]
   with pytest.raises(errors.ConfigError, match="no grid"):
-    sweep.expand()
+    sweep_grid.expand()
 
 
 def test_grid_from_the_configs_sweep_function():
-  module, arg = sweep.load_config_module(f"{EXPERIMENT}:tiny")
+  module, arg = sweep_grid.load_config_module(f"{EXPERIMENT}:tiny")
   assert arg == "tiny"
-  runs = sweep.expand(module.sweep, arg, seeds=[0, 1])
-  assert sweep.run_names(runs) == [
+  runs = sweep_grid.expand(module.sweep, arg, seeds=[0, 1])
+  assert sweep_grid.run_names(runs) == [
     "latent_dim=2,seed=0",
     "latent_dim=2,seed=1",
     "latent_dim=3,seed=0",
     "latent_dim=3,seed=1",
   ]
-  full = sweep.expand(module.sweep, None)
+  full = sweep_grid.expand(module.sweep, None)
   assert [r["model.latent_dim"] for r in full] == [2, 3, 5, 10, 20, 50, 200]
   # Grid flags win over sweep(add); "config." prefixes (big_vision style) are dropped.
-  assert sweep.expand(module.sweep, None, latent_dims=[7]) == [{"model.latent_dim": 7}]
+  assert sweep_grid.expand(module.sweep, None, latent_dims=[7]) == [{"model.latent_dim": 7}]
 
   def with_seed(add):
     add(**{"config.seed": 1, "config.objective.beta": 2.0})
 
-  assert sweep.expand(with_seed) == [{"seed": 1, "objective.beta": 2.0}]
+  assert sweep_grid.expand(with_seed) == [{"seed": 1, "objective.beta": 2.0}]
   with pytest.raises(errors.ConfigError, match="already sets seed"):
-    sweep.expand(with_seed, seeds=[0])
+    sweep_grid.expand(with_seed, seeds=[0])
 
 
 def test_run_names_and_values():
-  names = sweep.run_names(
+  names = sweep_grid.run_names(
     [{"model.name": "dense_vae", "data.name": "mnist", "optimizer.learning_rate": 3e-4}]
   )
   # Two fields end in "name": those keep their full path.
   assert names == ["model.name=dense_vae,data.name=mnist,learning_rate=0.0003"]
-  assert sweep.format_value(4.0) == "4" and sweep.format_value((500, 500)) == "500x500"
+  assert sweep_grid.format_value(4.0) == "4" and sweep_grid.format_value((500, 500)) == "500x500"
   assert (
-    sweep.format_value(True) == "true" and sweep.format_value(0.1 + 0.2) == "0.30000000000000004"
+    sweep_grid.format_value(True) == "true"
+    and sweep_grid.format_value(0.1 + 0.2) == "0.30000000000000004"
   )
-  assert sweep.parse_name("latent_dim=8,beta=0.5,seed=1") == {
+  assert sweep_grid.parse_name("latent_dim=8,beta=0.5,seed=1") == {
     "latent_dim": 8,
     "beta": 0.5,
     "seed": 1,
   }
   with pytest.raises(errors.ConfigError, match="same run more than once"):
-    sweep.expand(latent_dims=[2, 2])
+    sweep_grid.expand(latent_dims=[2, 2])
 
 
 def test_resolve_sets_fields_and_names_bad_ones(tmp_path):
-  runs = sweep.make_runs(_base(), sweep.expand(latent_dims=[8], betas=[4]), tmp_path)
+  runs = sweep_grid.make_runs(_base(), sweep_grid.expand(latent_dims=[8], betas=[4]), tmp_path)
   assert runs[0].config.model.latent_dim == 8 and runs[0].config.objective.beta == 4.0
   assert runs[0].workdir == tmp_path / "latent_dim=8,beta=4"
   with pytest.raises(errors.ConfigError, match=r"config\.model\.latnt_dim: no such config field"):
-    sweep.resolve(_base(), {"model.latnt_dim": 3})
+    sweep_grid.resolve(_base(), {"model.latnt_dim": 3})
   with pytest.raises(errors.ConfigError, match=r"config\.model\.latent_dim: 2\.5 does not fit"):
-    sweep.resolve(_base(), {"model.latent_dim": 2.5})
+    sweep_grid.resolve(_base(), {"model.latent_dim": 2.5})
 
 
 def test_runs_differing_only_in_seed_share_a_job(tmp_path):
-  overrides = sweep.expand(latent_dims=[2, 3], betas=[1.0, 4.0], seeds=[0, 1, 2])
-  runs = sweep.make_runs(_base(), overrides, tmp_path)
+  overrides = sweep_grid.expand(latent_dims=[2, 3], betas=[1.0, 4.0], seeds=[0, 1, 2])
+  runs = sweep_grid.make_runs(_base(), overrides, tmp_path)
   jobs = sweep.plan_jobs(runs, vmap_seeds=True, max_group=8)
   # beta is vmapped too: one job per latent size, its 2 betas x 3 seeds together.
   assert [len(job) for job in jobs] == [6, 6]
@@ -151,10 +152,12 @@ def test_scheduler_runs_jobs_in_parallel_and_retries_failed_groups_alone(tmp_pat
   base = _base()
   base.total_steps = 5
   sweep_dir = tmp_path / "sweep"
-  runs = sweep.make_runs(base, sweep.expand(latent_dims=[2, 3, 5], seeds=[0, 1]), sweep_dir)
+  runs = sweep_grid.make_runs(
+    base, sweep_grid.expand(latent_dims=[2, 3, 5], seeds=[0, 1]), sweep_dir
+  )
   status = sweep.run_sweep(sweep_dir, runs, parallel=2, worker="fake_worker", status_every=0.1)
   assert status == {run.name: "finished" for run in runs}
-  assert all(sweep.is_finished(run.workdir, run.config) for run in runs)
+  assert all(sweep_grid.is_finished(run.workdir, run.config) for run in runs)
   events = [e["event"] for e in _events(sweep_dir)]
   assert events.count("retry_alone") == 1 and events.count("done") == 4
   spans = [json.loads(line) for line in (sweep_dir / "spans.jsonl").read_text().splitlines()]
@@ -196,7 +199,7 @@ def _run(sweep_dir, *args, timeout=600):
 
 
 def _events(sweep_dir) -> list[dict]:
-  path = pathlib.Path(sweep_dir) / sweep.SWEEP_LOG
+  path = pathlib.Path(sweep_dir) / sweep_grid.SWEEP_LOG
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -274,7 +277,7 @@ def test_sweep_interrupted_twice_then_finished_skipped_and_reported(tmp_path, pr
     return process
 
   def checkpoint_after(step):
-    return lambda: (sweep.latest_checkpoint(sweep_dir / group_2[0]) or 0) > step
+    return lambda: (sweep_grid.latest_checkpoint(sweep_dir / group_2[0]) or 0) > step
 
   # 1. SIGTERM while the second job trains: its worker checkpoints, the sweep exits 143.
   process = start()
@@ -285,8 +288,8 @@ def test_sweep_interrupted_twice_then_finished_skipped_and_reported(tmp_path, pr
   assert "Run the same command again" in out
   for name in group_1:
     assert (sweep_dir / name / "eval_results.json").is_file()
-  stopped_at = sweep.latest_checkpoint(sweep_dir / group_2[0])
-  assert sweep.latest_checkpoint(sweep_dir / group_2[1]) == stopped_at
+  stopped_at = sweep_grid.latest_checkpoint(sweep_dir / group_2[0])
+  assert sweep_grid.latest_checkpoint(sweep_dir / group_2[1]) == stopped_at
   finished_first = {name: _mtimes(sweep_dir / name) for name in group_1}
 
   # 2. Rerun, and kill -9 the sweep once the second job has moved on. Its worker gets SIGTERM
@@ -306,7 +309,7 @@ def test_sweep_interrupted_twice_then_finished_skipped_and_reported(tmp_path, pr
   assert {name: _mtimes(sweep_dir / name) for name in group_1} == finished_first
   for name in group_2:
     attempts = [
-      json.loads(line) for line in (sweep_dir / name / sweep.ATTEMPTS).read_text().splitlines()
+      json.loads(line) for line in (sweep_dir / name / sweep_grid.ATTEMPTS).read_text().splitlines()
     ]
     trained = [a for a in attempts if a["stage"] == "train"]
     assert [a["status"] for a in trained] == ["interrupted", "interrupted", "done"], attempts

@@ -9,7 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aejax import configs, errors, metric_writer, models, optim, train
+from aejax import (
+  api,
+  checkpoint,
+  configs,
+  errors,
+  metrics,
+  models,
+  optim,
+  parallel,
+  steps,
+  train,
+)
 
 
 def _tiny_vae_config():
@@ -31,10 +42,10 @@ def test_sharded_step_equals_single_device_step():
   batch = {"input": x, "target": x}
   results = {}
   for name, devices in (("single", jax.devices()[:1]), ("sharded", jax.devices())):
-    mesh = train.make_mesh(devices)
-    state = train.create_train_state(model, tx, (8, 8, 1), jax.random.key(1), mesh)
-    step = train.make_train_step(model, tx, c, mesh)
-    sharded_batch = jax.device_put(batch, train.batch_sharded(mesh))
+    mesh = parallel.make_mesh(devices)
+    state = steps.create_train_state(model, tx, (8, 8, 1), jax.random.key(1), mesh)
+    step = steps.make_train_step(model, tx, c, mesh)
+    sharded_batch = jax.device_put(batch, parallel.batch_sharded(mesh))
     assert len(sharded_batch["input"].sharding.device_set) == len(devices)
     for i in range(3):
       state, metrics = step(state, sharded_batch, jax.random.key(i))
@@ -47,16 +58,16 @@ def test_sharded_step_equals_single_device_step():
 
 def test_train_batches_cover_each_epoch_once_and_are_sharded():
   c = _tiny_vae_config()
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   n = 64
   images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) * np.ones((1, 8, 8, 1), np.float32)
-  keys = train.derived_keys(0)
-  batch_fn = train.make_train_batch_fn(c, mesh, n, keys)
-  images_dev = train.put_replicated(images, mesh)
+  keys = steps.derived_keys(0)
+  batch_fn = steps.make_train_batch_fn(c, mesh, n, keys)
+  images_dev = parallel.put_replicated(images, mesh)
   seen = [np.asarray(batch_fn(images_dev, None, s)["input"][:, 0, 0, 0]) for s in range(2)]
   np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(n))
   batch = batch_fn(images_dev, None, 0)
-  assert batch["input"].sharding.is_equivalent_to(train.batch_sharded(mesh), 4)
+  assert batch["input"].sharding.is_equivalent_to(parallel.batch_sharded(mesh), 4)
   # The next epoch is a different order; the same step is always the same batch.
   np.testing.assert_array_equal(
     np.asarray(batch_fn(images_dev, None, 1)["input"][:, 0, 0, 0]), seen[1]
@@ -68,14 +79,14 @@ def test_checkpoint_round_trip(tmp_path):
   c = _tiny_vae_config()
   model = models.build_model(c.model, (8, 8, 1))
   tx = optim.make_optimizer(c.optimizer, 10)
-  mesh = train.make_mesh()
-  state = train.create_train_state(model, tx, (8, 8, 1), jax.random.key(3), mesh)
+  mesh = parallel.make_mesh()
+  state = steps.create_train_state(model, tx, (8, 8, 1), jax.random.key(3), mesh)
   state = state.replace(step=jnp.asarray(7, jnp.int32))
-  manager = train.checkpoint_manager(tmp_path, keep=2)
-  manager.save(7, args=train.ocp.args.StandardSave(state))
+  manager = checkpoint.checkpoint_manager(tmp_path, keep=2)
+  manager.save(7, args=checkpoint.ocp.args.StandardSave(state))
   manager.wait_until_finished()
-  fresh = train.create_train_state(model, tx, (8, 8, 1), jax.random.key(4), mesh)
-  restored = train.restore_latest(train.checkpoint_manager(tmp_path, keep=2), fresh)
+  fresh = steps.create_train_state(model, tx, (8, 8, 1), jax.random.key(4), mesh)
+  restored = checkpoint.restore_latest(checkpoint.checkpoint_manager(tmp_path, keep=2), fresh)
   assert int(restored.step) == 7
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
   leaf = jax.tree.leaves(restored.params)[0]
@@ -90,7 +101,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
   # Second run: SIGTERM arrives during the dispatch that ends at step 6; the trainer saves and
   # stops. Dispatches of 2 steps: the signal is handled between dispatches.
   c.steps_per_dispatch = 2
-  real_make_multi_step = train.make_multi_step
+  real_make_multi_step = steps.make_multi_step
 
   def make_step_that_signals(*args, **kwargs):
     step_fn = real_make_multi_step(*args, **kwargs)
@@ -104,12 +115,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
 
     return wrapped
 
-  monkeypatch.setattr(train, "make_multi_step", make_step_that_signals)
-  with pytest.raises(train.TrainingInterrupted, match="after step 6") as info:
+  monkeypatch.setattr(steps, "make_multi_step", make_step_that_signals)
+  with pytest.raises(errors.TrainingInterrupted, match="after step 6") as info:
     train.train_and_evaluate(c, str(tmp_path / "resumed"))
   assert info.value.step == 6
   assert (tmp_path / "resumed" / "checkpoints" / "6").is_dir()
-  monkeypatch.setattr(train, "make_multi_step", real_make_multi_step)
+  monkeypatch.setattr(steps, "make_multi_step", real_make_multi_step)
   # The SIGTERM handler is gone again after the run.
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
@@ -119,8 +130,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
     np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(full.params)
   )
   # metrics.jsonl holds each step once, as if the run had never stopped.
-  steps_full = [r["step"] for r in metric_writer.read_metrics(tmp_path / "full")]
-  steps_resumed = [r["step"] for r in metric_writer.read_metrics(tmp_path / "resumed")]
+  steps_full = [r["step"] for r in metrics.read_metrics(tmp_path / "full")]
+  steps_resumed = [r["step"] for r in metrics.read_metrics(tmp_path / "resumed")]
   assert steps_resumed == steps_full
 
   # Killed after its final checkpoint but before the summary: a rerun trains nothing and writes
@@ -130,7 +141,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
   final.unlink()
   train.train_and_evaluate(c, str(tmp_path / "resumed"))
   assert json.loads(final.read_text()) == expected
-  assert [r["step"] for r in metric_writer.read_metrics(tmp_path / "resumed")] == steps_full
+  assert [r["step"] for r in metrics.read_metrics(tmp_path / "resumed")] == steps_full
 
 
 def test_workdir_outputs(tmp_path):
@@ -138,7 +149,7 @@ def test_workdir_outputs(tmp_path):
   train.train_and_evaluate(c, str(tmp_path))
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["model"]["name"] == "dense_vae" and saved["total_steps"] == 16
-  records = metric_writer.read_metrics(tmp_path)
+  records = metrics.read_metrics(tmp_path)
   train_records = [r for r in records if "train/loss" in r]
   eval_records = [r for r in records if "eval/loss" in r]
   assert [r["step"] for r in train_records] == [4, 8, 12, 16]
@@ -174,17 +185,17 @@ def test_fused_steps_equal_single_steps_and_compile_once():
   c.data.dynamic_binarization = True  # Exercise the in-jit batch corruption too.
   model = models.build_model(c.model, (8, 8, 1))
   tx = optim.make_optimizer(c.optimizer, 16)
-  mesh = train.make_mesh()
-  keys = train.derived_keys(0)
+  mesh = parallel.make_mesh()
+  keys = steps.derived_keys(0)
   n = 320  # 10 steps per epoch.
-  images = train.put_replicated(
+  images = parallel.put_replicated(
     np.random.default_rng(0).uniform(size=(n, 8, 8, 1)).astype(np.float32), mesh
   )
-  fresh = lambda: train.create_train_state(model, tx, (8, 8, 1), keys["init"], mesh)  # noqa: E731
+  fresh = lambda: steps.create_train_state(model, tx, (8, 8, 1), keys["init"], mesh)  # noqa: E731
 
   single = fresh()
-  batch_fn = train.make_train_batch_fn(c, mesh, n, keys)
-  step_fn = train.make_train_step(model, tx, c, mesh)
+  batch_fn = steps.make_train_batch_fn(c, mesh, n, keys)
+  step_fn = steps.make_train_step(model, tx, c, mesh)
   losses = []
   for s in range(10):
     single, metrics = step_fn(
@@ -192,12 +203,13 @@ def test_fused_steps_equal_single_steps_and_compile_once():
     )
     losses.append(float(metrics["loss"]))
 
-  multi_step = train.make_multi_step(model, tx, c, mesh, n, keys)
+  multi_step = steps.make_multi_step(model, c, mesh, n, total_steps=16, steps_per_epoch=10)
+  hp = {k: jnp.float32(v) for k, v in steps.hparams(c).items()}
   fused = fresh()
   totals = []
-  perm = train.epoch_permutation(keys, n, 0)
+  perm = steps.epoch_permutation(keys, n, 0)
   for num_steps in (3, 5, 2):  # Three chunk lengths in the epoch of 10 steps, one compilation.
-    fused, sums = multi_step(fused, images, None, perm, num_steps)
+    fused, sums = multi_step(fused, images, None, perm, num_steps, keys, hp)
     totals.append(float(sums["loss"]))
     assert int(sums["steps"]) == num_steps and int(sums["first_nonfinite_step"]) == -1
   assert multi_step._cache_size() == 1
@@ -224,14 +236,13 @@ def _exploding_config():
 
 def test_nonfinite_step_stops_the_run_without_saving_nan(tmp_path):
   c = _exploding_config()
-  with pytest.raises(train.NonFiniteError) as info:
+  with pytest.raises(errors.NonFiniteError) as info:
     train.train_and_evaluate(c, str(tmp_path))
   error = info.value
   assert f"at step {error.step}" in str(error) and "train/" in str(error)
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert saved and error.last_checkpoint == saved[-1] <= error.step
   assert f"checkpoint is step {saved[-1]}" in str(error)
-  from aejax import api
 
   for step in saved:
     params = api.load(tmp_path, step=step).params
@@ -244,7 +255,7 @@ def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
   state = train.train_and_evaluate(c, str(tmp_path))
   assert int(state.step) == c.total_steps
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
-  records = [r for r in metric_writer.read_metrics(tmp_path) if "train/skipped_steps" in r]
+  records = [r for r in metrics.read_metrics(tmp_path) if "train/skipped_steps" in r]
   assert records[-1]["train/skipped_steps"] > 0
 
 

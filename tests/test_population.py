@@ -1,4 +1,4 @@
-"""Tests for aejax/multi_seed.py: every vmapped member equals its separate run, and resumes."""
+"""train.train_population: every vmapped member equals its separate run, and resumes."""
 
 import copy
 import json
@@ -11,7 +11,7 @@ import pytest
 from helpers import tiny_digits_config
 
 import aejax
-from aejax import errors, figures, metric_writer, multi_seed, train
+from aejax import errors, figures, metrics, parallel, steps, train
 
 # Seeds with a vmapped beta and learning rate too; the KL warm-up makes beta enter every step.
 MEMBERS = ((0, 1.0, 1e-3), (1, 1.0, 1e-3), (2, 4.0, 3e-3))
@@ -46,11 +46,11 @@ def test_each_member_equals_its_separate_run_and_resumes(tmp_path, monkeypatch):
     separate.append((tmp_path / f"s{i}", train.train_and_evaluate(c, str(tmp_path / f"s{i}"))))
 
   dirs = [tmp_path / f"m{i}" for i in range(len(MEMBERS))]
-  group = multi_seed.train_and_evaluate(_configs(), dirs)
+  group = train.train_population(_configs(), dirs)
   for i, (separate_dir, state) in enumerate(separate):
     assert int(group.step[i]) == int(state.step) == STEPS
-    _assert_close(multi_seed.member(group.params, i), state.params)
-    _assert_close(multi_seed.member(group.opt_state, i), state.opt_state)
+    _assert_close(parallel.member(group.params, i), state.params)
+    _assert_close(parallel.member(group.opt_state, i), state.opt_state)
     # The member's workdir is a trainer workdir: same config.json, files and metrics.
     assert (dirs[i] / "config.json").read_text() == (separate_dir / "config.json").read_text()
     assert {p.name for p in separate_dir.iterdir()} <= {p.name for p in dirs[i].iterdir()}
@@ -65,7 +65,7 @@ def test_each_member_equals_its_separate_run_and_resumes(tmp_path, monkeypatch):
     _assert_close(loaded.params, state.params)
 
   # Interrupted by SIGTERM after the first chunk of steps, then resumed: the same parameters.
-  real = multi_seed.make_group_chunk
+  real = steps.make_multi_step
 
   def make_chunk_that_signals(*args, **kwargs):
     chunk_fn = real(*args, **kwargs)
@@ -77,20 +77,20 @@ def test_each_member_equals_its_separate_run_and_resumes(tmp_path, monkeypatch):
     return wrapped
 
   resumed_dirs = [tmp_path / f"r{i}" for i in range(len(MEMBERS))]
-  monkeypatch.setattr(multi_seed, "make_group_chunk", make_chunk_that_signals)
-  with pytest.raises(train.TrainingInterrupted, match="after step 4") as info:
-    multi_seed.train_and_evaluate(_configs(), resumed_dirs)
+  monkeypatch.setattr(steps, "make_multi_step", make_chunk_that_signals)
+  with pytest.raises(errors.TrainingInterrupted, match="after step 4") as info:
+    train.train_population(_configs(), resumed_dirs)
   assert info.value.signum == signal.SIGTERM
   for d in resumed_dirs:
     assert (d / "checkpoints" / "4").is_dir() and not (d / "final_metrics.json").exists()
-  monkeypatch.setattr(multi_seed, "make_group_chunk", real)
+  monkeypatch.setattr(steps, "make_multi_step", real)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
-  resumed = multi_seed.train_and_evaluate(_configs(), resumed_dirs)
+  resumed = train.train_population(_configs(), resumed_dirs)
   for i, (separate_dir, state) in enumerate(separate):
-    _assert_close(multi_seed.member(resumed.params, i), state.params)
-    steps = [r["step"] for r in metric_writer.read_metrics(resumed_dirs[i])]
-    assert steps == [r["step"] for r in metric_writer.read_metrics(separate_dir)]
+    _assert_close(parallel.member(resumed.params, i), state.params)
+    logged = [r["step"] for r in metrics.read_metrics(resumed_dirs[i])]
+    assert logged == [r["step"] for r in metrics.read_metrics(separate_dir)]
     assert (resumed_dirs[i] / "final_metrics.json").exists()
 
 
@@ -98,8 +98,8 @@ def test_members_must_differ_only_in_vmapped_fields():
   a, b = _configs()[:2]
   b.model.latent_dim = 3
   with pytest.raises(errors.ConfigError, match=r"config\.model\.latent_dim: member 1 has 3"):
-    multi_seed.check_group([a, b])
-  multi_seed.check_group(_configs())  # Seed, beta and learning rate may differ.
+    train.check_group([a, b])
+  train.check_group(_configs())  # Seed, beta and learning rate may differ.
 
 
 def test_a_member_with_nonfinite_steps_stops_the_group_or_is_skipped_alone(tmp_path, monkeypatch):
@@ -118,16 +118,16 @@ def test_a_member_with_nonfinite_steps_stops_the_group_or_is_skipped_alone(tmp_p
     return out
 
   stopped = [tmp_path / "stop0", tmp_path / "stop1"]
-  with pytest.raises(train.NonFiniteError) as info:
-    multi_seed.train_and_evaluate(configs("stop"), stopped)
+  with pytest.raises(errors.NonFiniteError) as info:
+    train.train_population(configs("stop"), stopped)
   assert str(stopped[1]) in str(info.value) and f"at step {info.value.step}" in str(info.value)
 
   skipped = [tmp_path / "skip0", tmp_path / "skip1"]
-  group = multi_seed.train_and_evaluate(configs("skip"), skipped)
+  group = train.train_population(configs("skip"), skipped)
   assert [int(s) for s in group.step] == [32, 32]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(group.params)))
   counts = []
   for d in skipped:
-    records = [r for r in metric_writer.read_metrics(d) if "train/skipped_steps" in r]
+    records = [r for r in metrics.read_metrics(d) if "train/skipped_steps" in r]
     counts.append(records[-1]["train/skipped_steps"] if records else 0)
   assert counts[0] == 0 and counts[1] > 0, counts

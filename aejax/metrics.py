@@ -1,10 +1,47 @@
-"""Metrics as JSON lines (metrics.jsonl) and TensorBoard event files in the workdir."""
+"""Metrics: a mergeable average, and JSON lines (metrics.jsonl) plus TensorBoard files."""
 
 import json
 import math
 import pathlib
 
-METRICS_FILE = "metrics.jsonl"
+import flax.struct
+import jax
+import jax.numpy as jnp
+from tensorboardX import SummaryWriter
+
+from aejax.workdir import METRICS_FILE, TENSORBOARD_DIR
+
+
+class Average(flax.struct.PyTreeNode):
+  """A mean kept as (total, count): partial averages merge by adding, padding has weight 0.
+
+  `from_array(x, mask)` inside jit, `merge` across batches or hosts, `compute`
+  once on the host. Replaces hand-kept sums and counters.
+  """
+
+  total: jax.Array
+  count: jax.Array
+
+  @classmethod
+  def from_array(cls, x: jax.Array, mask: jax.Array | None = None) -> "Average":
+    if mask is None:
+      return cls(total=jnp.sum(x), count=jnp.asarray(x.size, jnp.float32))
+    return cls(total=jnp.sum(x * mask), count=jnp.sum(mask))
+
+  def merge(self, other: "Average") -> "Average":
+    return Average(total=self.total + other.total, count=self.count + other.count)
+
+  def compute(self) -> float:
+    # Divided in Python (float64): the float32 total is the only rounding.
+    return float(self.total) / max(float(self.count), 1.0)
+
+
+def merge_all(averages: list[dict[str, Average]]) -> dict[str, Average]:
+  """Merges dicts of Averages name by name."""
+  out = averages[0]
+  for other in averages[1:]:
+    out = {name: out[name].merge(other[name]) for name in out}
+  return out
 
 
 class MetricWriter:
@@ -18,9 +55,7 @@ class MetricWriter:
     self.path = pathlib.Path(workdir) / METRICS_FILE
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter
-
-      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / TENSORBOARD_DIR))
 
   def truncate_after(self, step: int) -> None:
     """Drops lines logged after `step`: a resumed run re-does those steps and logs them again."""

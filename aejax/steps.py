@@ -1,0 +1,402 @@
+"""The device programs of training: state, the train step, the fused loop and the eval step.
+
+Everything here is a pure function of its arguments, jitted once per run.
+A population of S runs that differ only in seed, beta or learning rate (a
+sweep's seeds) is one program: the same step vmapped over a leading member
+axis of the state, keys and hyper-parameters. A single run (S = 1) runs the
+unbatched step behind the same signature: XLA's CPU backend makes batched
+steps slower, and the unbatched step is the one every test pins down.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from aejax import data, errors, losses, objectives, optim, parallel, tasks
+from aejax.metrics import Average
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a checkpoint holds. The data position and every RNG key derive from `step`."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def create_train_state(
+  model: nn.Module, tx: optax.GradientTransformation, image_shape, key: jax.Array, mesh: Mesh
+) -> TrainState:
+  """Initialises parameters and optimizer state, replicated over the mesh."""
+
+  def init(key):
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    sample_key = jax.random.key(0) if model.is_variational else None
+    dummy_label = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+    params = model.init(key, dummy, sample_key, dummy_label)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  # Initialising under jit with replicated outputs puts the state straight onto every device.
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
+
+
+def count_params(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def derived_keys(seed: int) -> dict[str, jax.Array]:
+  """Every RNG stream of a run, each a fixed function of the seed."""
+  root = jax.random.key(seed)
+  names = ("init", "shuffle", "corrupt", "step", "eval_corrupt", "eval_sample", "figure_samples")
+  return {name: jax.random.fold_in(root, i) for i, name in enumerate(names)}
+
+
+# The hyper-parameters a population's members may differ in. They enter the step only as
+# numbers (an array per member), never in Python control flow or in a shape, which is what
+# lets one compiled program serve every member.
+HPARAM_FIELDS = {"beta": "objective.beta", "learning_rate": "optimizer.learning_rate"}
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, float]:
+  return {"beta": config.objective.beta, "learning_rate": config.optimizer.learning_rate}
+
+
+# ---------------------------------------------------------------------------
+# Batches, cut on device from the device-resident split.
+
+
+def epoch_permutation(keys: dict[str, jax.Array], num_train: int, epoch: jax.Array) -> jax.Array:
+  """The order of the training images in `epoch`: permutation(fold_in(shuffle_key, epoch))."""
+  return jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), num_train)
+
+
+def cut_batch(config, keys, images, labels, perm, step):
+  """The batch of `step`, whose epoch's order is `perm`, corrupted for the task.
+
+  Pure and traceable: the data position is a function of the step alone, so a
+  resumed run replays exactly the batches of an uninterrupted one, and a
+  population's member sees the batches of its separate run.
+  """
+  index = step % (len(perm) // config.batch_size)
+  idx = jax.lax.dynamic_slice_in_dim(perm, index * config.batch_size, config.batch_size)
+  batch_labels = None if labels is None else labels[idx]
+  return tasks.make_batch(
+    jax.random.fold_in(keys["corrupt"], step), images[idx], batch_labels, config
+  )
+
+
+def make_train_batch_fn(config, mesh: Mesh, num_train: int, keys: dict[str, jax.Array]):
+  """`(images, labels, step) -> batch`: the step's shuffled slice, sharded along 'data'."""
+  steps_per_epoch = num_train // config.batch_size
+
+  def train_batch(images, labels, step):
+    perm = epoch_permutation(keys, num_train, step // steps_per_epoch)
+    return cut_batch(config, keys, images, labels, perm, step)
+
+  return jax.jit(train_batch, out_shardings=parallel.batch_sharded(mesh))
+
+
+# ---------------------------------------------------------------------------
+# The step.
+
+
+def param_groups(model) -> tuple[str, ...]:
+  """The model's extra parameter groups (a critic, a discriminator): see aejax/models.py."""
+  return tuple(getattr(model, "extra_param_groups", ()))
+
+
+def make_optimizer(
+  model, config, total_steps: int, steps_per_epoch: int, learning_rate=None
+) -> optax.GradientTransformation:
+  """config.optimizer for the model's parameters, and a copy with its own state for each extra
+  parameter group. Without extra groups it is exactly optim.make_optimizer (the optimizer state
+  of every checkpoint written so far)."""
+  make = functools.partial(
+    optim.make_optimizer, config.optimizer, total_steps, steps_per_epoch, learning_rate
+  )
+  groups = param_groups(model)
+  if not groups:
+    return make()
+  transforms = {"model": make(), **{group: make() for group in groups}}
+  return optax.multi_transform(
+    transforms, lambda params: {name: name if name in groups else "model" for name in params}
+  )
+
+
+def _grads_and_metrics(state, batch, key, beta, *, model, config):
+  """The gradient of the batch-mean loss and the batch-mean metrics (with grad_norm).
+
+  An extra parameter group g gets the gradient of its own term `loss_<g>`
+  instead, and the rest of the parameters that of `loss`: each player of an
+  adversarial pair descends its own objective on the same batch.
+  """
+  kl_weight = losses.kl_weight(state.step, beta, config.objective.kl_warmup_steps)
+
+  def loss_fn(params, name="loss"):
+    terms = objectives.per_image_losses(model, params, batch, key, config, kl_weight)
+    if name not in terms:
+      raise errors.ConfigError(
+        f"config.model.name: {config.model.name!r} declares the parameter group "
+        f"{name[len('loss_') :]!r} but its losses() returns no {name!r} term"
+      )
+    return terms[name].mean(), terms
+
+  grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+  for group in param_groups(model):
+    group_grads, _ = jax.grad(loss_fn, has_aux=True)(state.params, f"loss_{group}")
+    grads = {**grads, group: group_grads[group]}
+  metrics = {name: value.mean() for name, value in terms.items()}
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  if model.is_variational:
+    metrics["kl_weight"] = kl_weight
+  return grads, metrics
+
+
+def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation) -> TrainState:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
+
+def train_step(state, batch, key, *, model, tx, config):
+  """One optimizer step on the global batch; returns the new state and batch-mean metrics."""
+  grads, metrics = _grads_and_metrics(
+    state, batch, key, config.objective.beta, model=model, config=config
+  )
+  return _apply_gradients(state, grads, tx), metrics
+
+
+def make_train_step(model, tx, config, mesh: Mesh):
+  """`train_step(state, batch, key) -> (state, metrics)`, jitted once for this mesh.
+
+  The batch is sharded along 'data' and the state replicated, so XLA inserts
+  the gradient all-reduce itself. The old state is donated: its buffers are
+  reused for the new one instead of holding two copies of params and moments.
+  """
+  step = functools.partial(train_step, model=model, tx=tx, config=config)
+  rep = parallel.replicated(mesh)
+  return jax.jit(
+    step,
+    in_shardings=(rep, parallel.batch_sharded(mesh), rep),
+    out_shardings=(rep, rep),
+    donate_argnums=0,
+  )
+
+
+# Non-finite guard codes, reported by the fused loop: which quantity went bad first.
+NONFINITE_LOSS, NONFINITE_GRADS = 1, 2
+# What a fused loop returns besides the summed metrics.
+MULTI_STEP_COUNTERS = ("steps", "skipped_steps", "first_nonfinite_step", "nonfinite")
+
+
+def guarded_train_step(state, batch, key, hp, *, model, tx, config):
+  """`train_step` with the member's hyper-parameters `hp` that never applies a non-finite update.
+
+  If the loss or any gradient is NaN/inf, the parameters and optimizer state
+  stay as they were (the step counter still advances, so the data position
+  and keys move on) and `nonfinite` says what went bad (NONFINITE_* bits).
+  """
+  grads, metrics = _grads_and_metrics(state, batch, key, hp["beta"], model=model, config=config)
+  bad_loss = ~jnp.isfinite(metrics["loss"])
+  bad_grads = ~jnp.isfinite(metrics["grad_norm"])  # The global norm is NaN/inf iff a leaf is.
+  finite = ~(bad_loss | bad_grads)
+  # A conditional, not a select of new against old: only one branch runs, so a finite step
+  # costs what train_step costs (docs/performance.md measures the difference).
+  new_state = jax.lax.cond(
+    finite,
+    lambda: _apply_gradients(state, grads, tx),
+    lambda: state.replace(step=state.step + 1),
+  )
+  nonfinite = bad_loss.astype(jnp.int32) * NONFINITE_LOSS + bad_grads.astype(jnp.int32) * (
+    NONFINITE_GRADS
+  )
+  return new_state, metrics, finite, nonfinite
+
+
+def _init_counters(abstract_metrics, shape: tuple[int, ...]) -> dict[str, jax.Array]:
+  return {
+    "sums": jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), abstract_metrics),
+    "steps": jnp.zeros(shape, jnp.int32),
+    "skipped_steps": jnp.zeros(shape, jnp.int32),
+    "first_nonfinite_step": jnp.full(shape, -1, jnp.int32),
+    "nonfinite": jnp.zeros(shape, jnp.int32),
+  }
+
+
+def _count_step(counters, metrics, finite, nonfinite, step) -> dict[str, jax.Array]:
+  """A finite step's metrics are summed and counted in `steps`; a non-finite one in
+  `skipped_steps`, and the first one's step and what went bad (NONFINITE_* bits) are kept."""
+  first_bad = counters["first_nonfinite_step"]
+  return {
+    "sums": jax.tree.map(lambda t, m: t + jnp.where(finite, m, 0.0), counters["sums"], metrics),
+    "steps": counters["steps"] + finite.astype(jnp.int32),
+    "skipped_steps": counters["skipped_steps"] + (~finite).astype(jnp.int32),
+    "first_nonfinite_step": jnp.where((first_bad < 0) & ~finite, step, first_bad),
+    "nonfinite": jnp.where(counters["nonfinite"] == 0, nonfinite, counters["nonfinite"]),
+  }
+
+
+def make_multi_step(
+  model, config, mesh: Mesh, num_train: int, total_steps: int, steps_per_epoch: int,
+  num_members: int = 1, batched: bool | None = None,
+):  # fmt: skip
+  """`(state, images, labels, perm, num_steps, keys, hp) -> (state, sums)`: fused steps.
+
+  Runs up to num_steps steps of every member on device in one dispatch: the
+  batch of step s is cut from the device-resident data set and corrupted for
+  the task, the step key is fold_in(step_key, s), and the metrics are summed
+  on device. All the steps lie in one epoch, whose order `perm` the caller
+  draws once per epoch (a permutation of 60,000 images costs more than an
+  MLP's training step). `num_steps` is traced, so one `lax.while_loop` serves
+  every chunk length with one compilation: log, eval, checkpoint and epoch
+  boundaries never recompile (a `lax.scan` needs its length at compile time).
+
+  With num_members > 1 the state, perm, keys and hp carry a leading member
+  axis and the step is vmapped; the loop counter is shared (a vmapped while
+  loop would select every member's whole state at every step). Each member
+  builds its optimizer inside the trace from its own learning rate: the
+  optimizer state's structure does not depend on the rate, only its numbers.
+
+  Non-finite steps are never applied (`guarded_train_step`). With
+  config.nonfinite == "stop" the loop ends at the first one and `sums`
+  reports its step (`first_nonfinite_step`, else -1) and what went bad; with
+  "skip" it goes on and counts `skipped_steps`. `sums["steps"]` counts the
+  finite steps whose metrics are summed. The state is donated.
+
+  `batched` (default: num_members > 1) forces the vmapped program for one
+  member too: scripts/bench_multi_seed.py times it against the unbatched one.
+  """
+  stop_on_nonfinite = config.nonfinite == "stop"
+  batched = num_members > 1 if batched is None else batched
+
+  def member_step(state, images, labels, perm, step, keys, hp):
+    tx = make_optimizer(model, config, total_steps, steps_per_epoch, hp["learning_rate"])
+    batch = jax.lax.with_sharding_constraint(
+      cut_batch(config, keys, images, labels, perm, step), parallel.batch_sharded(mesh)
+    )
+    key = jax.random.fold_in(keys["step"], step)
+    return guarded_train_step(state, batch, key, hp, model=model, tx=tx, config=config)
+
+  step_fn = (
+    jax.vmap(member_step, in_axes=(0, None, None, 0, None, 0, 0)) if batched else member_step
+  )
+
+  def multi_step(state, images, labels, perm, num_steps, keys, hp):
+    first_step = state.step[0] if batched else state.step  # Every member is at the same step.
+    abstract = jax.eval_shape(
+      lambda st: step_fn(st, images, labels, perm, first_step, keys, hp)[1], state
+    )
+    shape = (num_members,) if batched else ()
+    carry = {"i": jnp.zeros((), jnp.int32), "state": state, **_init_counters(abstract, shape)}
+
+    def cond(c):
+      running = c["i"] < num_steps
+      if stop_on_nonfinite:
+        running &= jnp.all(c["first_nonfinite_step"] < 0)
+      return running
+
+    def body(c):
+      step = first_step + c["i"]
+      st = c["state"]
+      new_st, metrics, finite, nonfinite = step_fn(st, images, labels, perm, step, keys, hp)
+      if stop_on_nonfinite:
+        # The state stays at the bad step: a rerun (or the checkpoint) starts right before it.
+        # Parameters and optimizer state are already the old ones (guarded_train_step), so only
+        # the counter is held back: a select over the whole state costs as much as Adam.
+        new_st = new_st.replace(step=jnp.where(finite, new_st.step, st.step))
+      return {"i": c["i"] + 1, "state": new_st, **_count_step(c, metrics, finite, nonfinite, step)}
+
+    out = jax.lax.while_loop(cond, body, carry)
+    sums = {**out["sums"], **{name: out[name] for name in MULTI_STEP_COUNTERS}}
+    return out["state"], sums
+
+  rep = parallel.replicated(mesh)
+  return jax.jit(
+    multi_step,
+    in_shardings=(rep, rep, rep, rep, None, rep, rep),
+    out_shardings=(rep, rep),
+    donate_argnums=0,
+  )
+
+
+def make_permutation_fn(mesh: Mesh, num_members: int = 1):
+  """`(keys, num_train, epoch) -> perm`: each member's order of the training images in epoch."""
+  fn = epoch_permutation
+  if num_members > 1:
+    fn = jax.vmap(epoch_permutation, in_axes=(0, None, None))
+  return jax.jit(fn, static_argnums=1, out_shardings=parallel.replicated(mesh))
+
+
+# ---------------------------------------------------------------------------
+# Evaluation over a padded, device-resident split.
+
+
+def prepare_eval_data(eval_set: data.ImageSet, eval_batch_size: int, mesh: Mesh) -> dict[str, Any]:
+  """Pads the split to whole batches (with a mask) and puts it on every device."""
+  images, mask = parallel.pad_to_multiple(eval_set.images.astype(np.float32), eval_batch_size)
+  labels = None
+  if eval_set.labels is not None:
+    labels, _ = parallel.pad_to_multiple(eval_set.labels.astype(np.int32), eval_batch_size)
+  return {
+    "images": parallel.put_replicated(images, mesh),
+    "labels": parallel.put_replicated(labels, mesh),
+    "mask": parallel.put_replicated(mask, mesh),
+    "num_batches": len(images) // eval_batch_size,
+    "count": len(eval_set.images),
+  }
+
+
+def make_eval_fn(model, config, mesh: Mesh, eval_batch_size: int, num_members: int = 1):
+  """`(params, images, labels, mask, j, keys, beta) -> {name: Average}` over eval batch j.
+
+  Keys are fixed per batch index, so evaluation is deterministic; the KL
+  weight is the member's final beta. With num_members > 1, params, keys and
+  beta carry a member axis.
+  """
+
+  def eval_batch(params, images, labels, mask, j, keys, beta):
+    start = j * eval_batch_size
+    x = jax.lax.dynamic_slice_in_dim(images, start, eval_batch_size)
+    y = None if labels is None else jax.lax.dynamic_slice_in_dim(labels, start, eval_batch_size)
+    m = jax.lax.dynamic_slice_in_dim(mask, start, eval_batch_size)
+    batch = tasks.make_batch(jax.random.fold_in(keys["eval_corrupt"], j), x, y, config)
+    batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
+    final_kl_weight = jnp.asarray(beta, jnp.float32)
+    key = jax.random.fold_in(keys["eval_sample"], j)
+    terms = objectives.per_image_losses(model, params, batch, key, config, final_kl_weight)
+    return {name: Average.from_array(value, m) for name, value in terms.items()}
+
+  if num_members > 1:
+    eval_batch = jax.vmap(eval_batch, in_axes=(0, None, None, None, None, 0, 0))
+  return jax.jit(eval_batch, out_shardings=parallel.replicated(mesh))
+
+
+def evaluate_split(
+  eval_fn, params, eval_data: dict, keys, beta, num_members: int = 1
+) -> list[dict]:
+  """Means over the whole evaluation split of every per-image metric, one dict per member."""
+  totals = None
+  for j in range(eval_data["num_batches"]):
+    batch = eval_fn(
+      params, eval_data["images"], eval_data["labels"], eval_data["mask"], j, keys, beta
+    )
+    totals = batch if totals is None else jax.tree.map(Average.merge, totals, batch, is_leaf=_avg)
+  totals = jax.device_get(totals)  # The only host sync of an evaluation.
+  if num_members == 1:
+    return [{name: avg.compute() for name, avg in totals.items()}]
+  return [
+    {name: Average(avg.total[i], avg.count[i]).compute() for name, avg in totals.items()}
+    for i in range(num_members)
+  ]
+
+
+def _avg(x) -> bool:
+  return isinstance(x, Average)

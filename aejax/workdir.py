@@ -1,0 +1,136 @@
+"""The run folder: its file names, atomic writes, and the check that a rerun resumes its own config.
+
+A workdir is data, not code: everything here reads and writes JSON.
+"""
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from aejax import errors
+
+CONFIG_FILE = "config.json"  # The resolved config of the run.
+RUN_INFO_FILE = "run_info.json"  # Image shape and data source: what aejax.load needs.
+METRICS_FILE = "metrics.jsonl"  # One JSON object per line: step and train/* or eval/* metrics.
+FINAL_METRICS_FILE = "final_metrics.json"  # The last evaluation; its presence means "finished".
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+EVAL_RESULTS_JSON = "eval_results.json"  # Written by `python -m aejax.evaluate`.
+EVAL_RESULTS_MD = "eval_results.md"
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+  """Writes to a temporary file, then renames it: a kill never leaves a half-written file."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def write_json(path: pathlib.Path, value: Any) -> None:
+  write_atomically(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: pathlib.Path) -> Any:
+  """The JSON in `path`; ConfigError naming the file if it is missing or unreadable."""
+  try:
+    return json.loads(pathlib.Path(path).read_text())
+  except (OSError, json.JSONDecodeError) as error:
+    raise errors.ConfigError(f"{path}: unreadable ({error})") from error
+
+
+def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  write_atomically(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n")
+
+
+def write_run_info(workdir: pathlib.Path, run_info: dict) -> None:
+  write_json(workdir / RUN_INFO_FILE, run_info)
+
+
+def final_step(workdir: pathlib.Path) -> int | None:
+  """The step of final_metrics.json, or None if the run has not finished."""
+  try:
+    return json.loads((pathlib.Path(workdir) / FINAL_METRICS_FILE).read_text())["step"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def write_final_metrics(workdir: pathlib.Path, step: int, metrics: dict) -> None:
+  write_json(pathlib.Path(workdir) / FINAL_METRICS_FILE, {"step": step, **metrics})
+
+
+def has_checkpoints(workdir: pathlib.Path) -> bool:
+  folder = pathlib.Path(workdir) / CHECKPOINTS_DIR
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+# Fields that may change when a run resumes in the same workdir: they change how long it
+# runs, how often it logs or where it reads files, not what its checkpoints are.
+RESUMABLE_FIELDS = frozenset({
+  "num_epochs", "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+  "keep_checkpoints", "eval_batch_size", "num_figure_images", "final_figures", "scatter_method",
+  "progress_bar", "steps_per_dispatch", "nonfinite", "data.data_dir", "data.source",
+  "data.eval_split", "data.eval_limit",
+})  # fmt: skip
+
+
+# Fields added to the config after workdirs were already written, with the value that runs
+# written before them used: a saved config without the field resumes under that value.
+ADDED_FIELDS = {"model.dtype": "float32", "model.conv_impl": "auto"}
+
+
+def flatten_fields(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """A nested config dict as {"model.latent_dim": value, ...}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten_fields(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+  """{field: (old, new)} for every dotted field whose value differs (missing is None)."""
+  old_flat, new_flat = flatten_fields(old), flatten_fields(new)
+  return {
+    field: (old_flat.get(field), new_flat.get(field))
+    for field in sorted(set(old_flat) | set(new_flat))
+    if old_flat.get(field) != new_flat.get(field)
+  }
+
+
+def check_config_change(workdir: pathlib.Path, config, allow: bool) -> None:
+  """Refuses to resume checkpoints of another config in `workdir`, listing the changed fields.
+
+  Only fields outside RESUMABLE_FIELDS count. A workdir without checkpoints
+  can be reused freely; `allow` (--allow_config_change) overrides the check,
+  and the new config.json then replaces the old one.
+  """
+  saved = pathlib.Path(workdir) / CONFIG_FILE
+  if not (saved.exists() and has_checkpoints(workdir)):
+    return
+  try:
+    old = json.loads(saved.read_text())
+  except (OSError, json.JSONDecodeError) as error:
+    raise errors.ConfigError(f"{saved}: unreadable saved config ({error})") from error
+  new = json.loads(config.to_json_best_effort())  # The same JSON round trip as the saved one.
+  changed = {
+    field: (before, after)
+    for field, (before, after) in config_diff(old, new).items()
+    if field not in RESUMABLE_FIELDS
+    and not (before is None and field in ADDED_FIELDS and after == ADDED_FIELDS[field])
+  }
+  if not changed:
+    return
+  lines = "; ".join(f"config.{f}: {o!r} -> {n!r}" for f, (o, n) in changed.items())
+  if allow:
+    logging.warning("config changed in %s (allowed by --allow_config_change): %s", workdir, lines)
+    return
+  raise errors.ConfigError(
+    f"{workdir} holds checkpoints of a different config: {lines}. Use a new --workdir, or "
+    "pass --allow_config_change to resume these checkpoints with the new config"
+  )
