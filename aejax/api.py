@@ -220,11 +220,8 @@ def load(
   ckpt_dir = workdir.absolute() / workdir_lib.CHECKPOINTS_DIR
   if not ckpt_dir.is_dir():
     raise errors.CheckpointError(f"{ckpt_dir} does not exist: no checkpoint was saved")
-  manager = ocp.CheckpointManager(
-    ckpt_dir,
-    item_handlers=ocp.StandardCheckpointHandler(),  # As checkpoint.checkpoint_manager: one item.
-    options=ocp.CheckpointManagerOptions(read_only=True),
-  )
+  # One unnamed item, as checkpoint.checkpoint_manager writes it.
+  manager = checkpoint.read_only_manager(ckpt_dir, item_handlers=ocp.StandardCheckpointHandler())
   saved_steps = sorted(manager.all_steps())
   if not saved_steps:
     raise errors.CheckpointError(f"{ckpt_dir} holds no checkpoint")

@@ -50,6 +50,25 @@ def checkpoint_manager(workdir: str | pathlib.Path, keep: int) -> ocp.Checkpoint
     ) from error
 
 
+def read_only_manager(directory: str | pathlib.Path, **kwargs) -> ocp.CheckpointManager:
+  """A CheckpointManager that only reads `directory` (loading never changes a workdir).
+
+  Orbax warns three times that a read-only manager is read-only; those lines would be the
+  only warnings of a healthy run, so they are kept out of the log while it is built.
+  """
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    return ocp.CheckpointManager(
+      pathlib.Path(directory).absolute(),
+      options=ocp.CheckpointManagerOptions(read_only=True),
+      **kwargs,
+    )
+  finally:
+    absl_logger.setLevel(level)
+
+
 def state_checksum(state) -> str:
   """sha256 over every leaf's dtype, shape and bytes (one replica: the state is replicated)."""
   digest = hashlib.sha256()

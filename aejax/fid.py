@@ -55,7 +55,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from aejax import data, errors, parallel, runner
+from aejax import checkpoint, data, errors, parallel, runner
 from aejax.frechet import FeatureExtractor, feature_statistics, fid, frechet_distance
 
 # The metric itself is in aejax/frechet.py; fid.fid and fid.FeatureExtractor stay this API.
@@ -367,9 +367,8 @@ def _restore(folder: pathlib.Path) -> tuple[nn.Module, dict, dict]:
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
   )
-  options = ocp.CheckpointManagerOptions(read_only=True)
   try:
-    with ocp.CheckpointManager(folder.absolute() / CHECKPOINT_FOLDER, options=options) as manager:
+    with checkpoint.read_only_manager(folder / CHECKPOINT_FOLDER) as manager:
       params = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
     raise errors.CheckpointError(

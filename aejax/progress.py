@@ -99,8 +99,8 @@ class Progress:
   an INFO log line
     `desc: done/total unit (pct%), rate unit/s, ETA ..., elapsed ...[, key=value ...]`
   at most every `interval` seconds and once at close(), and never a carriage return. The rate
-  and ETA are over the units done since the previous line, so a slow start (compilation)
-  does not skew them for the rest of the run. With `heartbeat`, a background thread also writes
+  and ETA are over the units done since the first line, so a slow start (compilation) does
+  not skew them for the rest of the run, and one uneven batch does not make the ETA jump. With `heartbeat`, a background thread also writes
   the line when `interval` seconds pass without one, so a log stays alive through a single
   slow update (a first step that compiles, a large batch).
 
@@ -152,9 +152,12 @@ class Progress:
     self._closed = not enabled
     self._started = clock()
     self._initial = initial
-    # The previous line: when, and how much was done then (the window of the rate).
+    # The previous line: when, and how much was done then (when the next line is due).
     self._line_time = self._started
     self._line_done = initial
+    # The first line: the rate counts from there, so a slow start (compilation) does not skew
+    # it, and it averages over all batches since, so one slow or fast batch does not either.
+    self._origin: tuple[float, int] | None = None
     self._bar: tqdm.tqdm | None = None
     self._heartbeat: _Heartbeat | None = None
     if not enabled:
@@ -222,8 +225,9 @@ class Progress:
     if final:
       rate = (self.done - self._initial) / elapsed if elapsed > 0 else math.nan
     else:
-      window = now - self._line_time
-      rate = (self.done - self._line_done) / window if window > 0 else math.nan
+      since_time, since_done = self._origin or (self._line_time, self._line_done)
+      window = now - since_time
+      rate = (self.done - since_done) / window if window > 0 else math.nan
       if not rate > 0:
         # Nothing done since the last line (a slow update): the average so far instead.
         rate = (self.done - self._initial) / elapsed if elapsed > 0 else math.nan
@@ -242,6 +246,8 @@ class Progress:
     self._logger.info("%s", self.line(final))
     self._line_time = self._clock()
     self._line_done = self.done
+    if self._origin is None:
+      self._origin = (self._line_time, self.done)
 
 
 class Phases:

@@ -30,6 +30,9 @@ def setup_logging() -> None:
   its warnings only (JAX's own warnings, e.g. an unused GPU, stay visible)."""
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)
+  # JAX reports each backend it cannot start ("Unable to initialize backend 'tpu'") at INFO on
+  # every CPU or GPU machine; its WARNING about an unused accelerator still shows.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def exit_code(error: BaseException) -> int | None:

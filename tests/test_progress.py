@@ -67,6 +67,22 @@ def test_rate_and_eta_follow_the_recent_window(lines):
   assert re.fullmatch(r"81/1000 steps \(8\.1%\), 2\.0\d steps/s, done in 40 s", final)
 
 
+def test_uneven_batches_give_a_steady_rate(lines):
+  # Batches of 256 images taking 4 s and 8 s by turns: the rate averages from the first line,
+  # so it does not swing with whichever batch the window happened to hold.
+  clock = FakeClock()
+  bar = progress.Progress(10000, unit="images", interval=10, is_terminal=False, clock=clock)
+  clock.advance(30)  # The first batch compiles.
+  bar.update(256)
+  for seconds in (4, 8, 4, 8):
+    clock.advance(seconds)
+    bar.update(256)
+  first, second, third = lines()
+  assert first.startswith("256/10000 images (2.6%), 8.53 images/s, ")
+  assert second.startswith("768/10000 images (7.7%), 42.7 images/s, ETA 3 min 36 s")
+  assert third.startswith("1280/10000 images (12.8%), 42.7 images/s, ETA 3 min 24 s")
+
+
 def test_unknown_total_and_resumed_loop(lines):
   clock = FakeClock()
   with progress.Progress(None, unit="steps", interval=5, is_terminal=False, clock=clock) as bar:
