@@ -61,7 +61,18 @@ def _fid_results(
   seed: int,
   load_kwargs: dict,
 ) -> tuple[dict, list[str]]:
-  """`fid` (VAEs: prior samples), `fid_reconstructions` and `fid_features`; or a note why not."""
+  """`fid` (VAEs: prior samples), `fid_reconstructions` and `fid_features`; or a note why not.
+
+  `fid` compares N samples from the prior (the decoder's mean sigmoid(logits),
+  not Bernoulli samples; z drawn with `seed`) with the N evaluation images;
+  `fid_reconstructions` the deterministic reconstructions with the images.
+  The features are `extractor`'s, by default those of the small classifier
+  aejax trains on the data set's labelled train split (`classifier_steps`,
+  default fid.default_steps) and caches in `cache_dir` (default
+  $AEJAX_FID_CACHE or ~/.cache/aejax/fid_classifiers). Data sets without
+  labels get no FID unless an extractor is passed. FID is biased upwards at
+  small N: compare numbers at the same N.
+  """
   name = handle.config.data.name
   if len(eval_set.images) < 2:
     return {}, ["fid omitted: it needs at least 2 evaluation images."]
@@ -138,40 +149,23 @@ def evaluate(
   batches of `batch_size` (at most the split's size, rounded up to a multiple
   of the device count; the numbers depend on the seed and the batch size).
 
-  With `fid` (see aejax.fid): VAEs get `fid`, the FID between N samples from
-  the prior (the decoder's mean sigmoid(logits), not Bernoulli samples; z
-  drawn with `seed`) and the N evaluation images; every model gets
-  `fid_reconstructions`, the FID between the deterministic reconstructions
-  and the images; `fid_features` names the feature network (and its test
-  accuracy). The features are `fid_extractor`'s, by default those of the
-  small classifier aejax trains on the data set's labelled train split
-  (`fid_classifier_steps`, default fid.default_steps) and caches in
-  `fid_cache_dir` (default $AEJAX_FID_CACHE or ~/.cache/aejax/fid_classifiers).
-  Data sets without labels get no FID unless an extractor is passed. FID is
-  biased upwards at small N: compare numbers at the same N.
+  With `fid`: VAEs get `fid` (N prior samples, the decoder's mean, against the
+  N evaluation images) and every model `fid_reconstructions`; `fid_features`
+  names the feature network: `fid_extractor`, by default the classifier aejax
+  trains and caches (see `_fid_results` and aejax/fid.py; docs/evaluation.md).
   """
   started = time.perf_counter()
-  for name, value in (("nll_samples", nll_samples), ("chunk_size", chunk_size)):
-    _check_positive(name, value)
-  _check_positive("batch_size", batch_size)
-  _check_positive("probe_train_size", probe_train_size, allow_zero=True)
-  _check_positive("seed", seed, allow_zero=True)
-  if limit is not None:
-    _check_positive("limit", limit)
-  if fid_classifier_steps is not None:
-    _check_positive("fid_classifier_steps", fid_classifier_steps)
+  for name, value, allow_zero in (
+    ("nll_samples", nll_samples, False), ("chunk_size", chunk_size, False),
+    ("batch_size", batch_size, False), ("probe_train_size", probe_train_size, True),
+    ("seed", seed, True), ("limit", limit, False),
+    ("fid_classifier_steps", fid_classifier_steps, False),
+  ):  # fmt: skip
+    if value is not None:
+      _check_positive(name, value, allow_zero=allow_zero)
   workdir = pathlib.Path(workdir)
-  handle = api.load(workdir, trust_model_code=trust_model_code)
+  handle, eval_set, load_kwargs = _load(workdir, split, limit, trust_model_code)
   config = handle.config
-  load_kwargs = dict(source=config.data.source, data_dir=config.data.data_dir or None)
-  eval_set = data.load(config.data.name, split, limit=limit, **load_kwargs)
-  if tuple(eval_set.images.shape[1:]) != handle.image_shape:
-    raise errors.InputError(
-      f"{config.data.name}/{split}: images of shape {eval_set.images.shape[1:]}, but the model "
-      f"in {workdir} was trained on {handle.image_shape}"
-    )
-  if handle.num_classes:
-    data.check_labels(eval_set, handle.num_classes)
 
   mesh = parallel.make_mesh()
   # A multiple of the device count, and no bigger than the split needs (padding costs samples).
@@ -182,15 +176,9 @@ def evaluate(
   ks = sorted({k for k in estimators.IWAE_KS if k <= nll_samples} | {nll_samples})
   logging.info(
     "evaluating %s (step %d) on %d images of %s/%s on %d devices, batch %d%s",
-    config.model.name,
-    handle.step,
-    len(eval_set.images),
-    config.data.name,
-    split,
-    mesh.size,
-    batch_size,
-    f", L_k for k in {ks} in chunks of {chunk_size}" if handle.is_variational else "",
-  )
+    config.model.name, handle.step, len(eval_set.images), config.data.name, split, mesh.size,
+    batch_size, f", L_k for k in {ks} in chunks of {chunk_size}" if handle.is_variational else "",
+  )  # fmt: skip
 
   # Seconds per phase for the summary; each phase logs its start and end, the long ones their
   # progress, so a log file never goes quiet for long.
@@ -230,15 +218,9 @@ def evaluate(
   if fid:
     with phases.phase("fid"):
       fid_results, fid_notes = _fid_results(
-        handle,
-        eval_set,
-        per_image["reconstruction"],
-        fid_extractor,
-        fid_cache_dir,
-        fid_classifier_steps,
-        seed,
-        load_kwargs,
-      )
+        handle, eval_set, per_image["reconstruction"], fid_extractor, fid_cache_dir,
+        fid_classifier_steps, seed, load_kwargs,
+      )  # fmt: skip
     results.update(fid_results)
     notes += fid_notes
 
@@ -263,6 +245,11 @@ def evaluate(
   )
   if notes:
     results["notes"] = notes
+  _write_results(workdir, results, phases)
+  return results
+
+
+def _write_results(workdir: pathlib.Path, results: dict, phases: progress.Phases) -> None:
   if jax.process_index() == 0:
     workdir_lib.write_atomically(workdir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
     workdir_lib.write_atomically(workdir / RESULTS_MD, markdown_table(results) + "\n")
@@ -270,7 +257,22 @@ def evaluate(
     "evaluated in %s; phases: %s", progress.format_duration(results["seconds"]), phases.summary()
   )
   logging.info("wrote %s and %s in %.1f s", RESULTS_JSON, RESULTS_MD, results["seconds"])
-  return results
+
+
+def _load(workdir: pathlib.Path, split: str, limit: int | None, trust_model_code: bool):
+  """The trained model, the split to evaluate it on (checked against it), and how to load more."""
+  handle = api.load(workdir, trust_model_code=trust_model_code)
+  config = handle.config
+  load_kwargs = dict(source=config.data.source, data_dir=config.data.data_dir or None)
+  eval_set = data.load(config.data.name, split, limit=limit, **load_kwargs)
+  if tuple(eval_set.images.shape[1:]) != handle.image_shape:
+    raise errors.InputError(
+      f"{config.data.name}/{split}: images of shape {eval_set.images.shape[1:]}, but the model "
+      f"in {workdir} was trained on {handle.image_shape}"
+    )
+  if handle.num_classes:
+    data.check_labels(eval_set, handle.num_classes)
+  return handle, eval_set, load_kwargs
 
 
 def _add_variational_results(

@@ -8,7 +8,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from aejax import accelerators, configs, data, errors, runner, train, visualize
+from aejax import accelerators, configs, errors, runner, train, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
@@ -76,7 +76,7 @@ def config_flag_error(argv: list[str], error: Exception) -> errors.ConfigError |
   for _ in range(20):  # Bounded: exception chains can be cycles.
     if cause is None:
       break
-    if isinstance(cause, errors.ConfigError | data.DataError):
+    if isinstance(cause, errors.ConfigError | errors.DataError):
       innermost = cause
     cause = cause.__cause__ or cause.__context__
   if innermost is not None:

@@ -100,9 +100,10 @@ class Progress:
     `desc: done/total unit (pct%), rate unit/s, ETA ..., elapsed ...[, key=value ...]`
   at most every `interval` seconds and once at close(), and never a carriage return. The rate
   and ETA are over the units done since the first line, so a slow start (compilation) does
-  not skew them for the rest of the run, and one uneven batch does not make the ETA jump. With `heartbeat`, a background thread also writes
-  the line when `interval` seconds pass without one, so a log stays alive through a single
-  slow update (a first step that compiles, a large batch).
+  not skew them for the rest of the run, and one uneven batch does not make the ETA jump.
+  With `heartbeat`, a background thread also writes the line when `interval` seconds pass
+  without one, so a log stays alive through a single slow update (a first step that
+  compiles, a large batch).
 
   Use as a context manager, or call close(): it writes the final line and stops the heartbeat.
 

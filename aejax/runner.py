@@ -16,13 +16,15 @@ import logging
 import sys
 from collections.abc import Callable
 
-from aejax import data, errors
+from aejax import errors
 
 EXIT_ERROR = 2
 EXIT_NONFINITE = 3
 
 # aejax's documented errors: their messages name the field or file and say what is valid.
-DOCUMENTED_ERRORS = (errors.ConfigError, errors.CheckpointError, errors.InputError, data.DataError)
+DOCUMENTED_ERRORS = (
+  errors.ConfigError, errors.CheckpointError, errors.InputError, errors.DataError,
+)  # fmt: skip
 
 
 def setup_logging() -> None:

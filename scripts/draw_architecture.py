@@ -64,6 +64,26 @@ def floors(graph: dict[str, set[str]]) -> dict[str, int]:
   return {module: floor(module) for module in graph}
 
 
+def _untangle(rows: dict[int, list[str]], graph: dict[str, set[str]], sweeps: int = 12) -> None:
+  """Orders each floor by the mean position of its neighbours (the barycenter heuristic), down
+  and up in turns, so that fewer arrows cross."""
+  users = {m: {a for a, targets in graph.items() if m in targets} for m in graph}
+
+  def position():
+    return {m: i / max(len(r) - 1, 1) for r in rows.values() for i, m in enumerate(r)}
+
+  for sweep in range(sweeps):
+    order = sorted(rows) if sweep % 2 else sorted(rows, reverse=True)
+    for y in order:
+      where = position()
+      neighbours = {m: (graph[m] | users[m]) for m in rows[y]}
+      rows[y].sort(
+        key=lambda m: (
+          sum(where[n] for n in neighbours[m]) / len(neighbours[m]) if neighbours[m] else where[m]
+        )
+      )
+
+
 def draw(out: pathlib.Path) -> None:
   graph = import_graph()
   graph.pop("__init__", None)
@@ -71,6 +91,8 @@ def draw(out: pathlib.Path) -> None:
   rows: dict[int, list[str]] = {}
   for module in sorted(graph, key=lambda m: (level[m], m)):
     rows.setdefault(level[module], []).append(module)
+  reduced = transitive_reduction(graph)
+  _untangle(rows, reduced)
   width = max(len(r) for r in rows.values())
   fig, ax = plt.subplots(figsize=(1.55 * width + 1, 0.95 * len(rows) + 1))
   where = {}
@@ -78,7 +100,7 @@ def draw(out: pathlib.Path) -> None:
     offset = (width - len(modules)) / 2
     for i, module in enumerate(modules):
       where[module] = (offset + i, y)
-  for module, imports in transitive_reduction(graph).items():
+  for module, imports in reduced.items():
     x0, y0 = where[module]
     for target in imports:
       x1, y1 = where[target]

@@ -16,7 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "aejax"
 LAYERS = (
   # Foundations: no aejax imports but errors.
   "errors", "progress", "accelerators", "image_metrics", "figures", "latent_figures", "workdir",
-  "datafiles", "data", "runner",
+  "runner", "datafiles", "data",
   # What a model is and how it learns.
   "tasks", "losses", "layers", "networks", "autoencoder", "vae", "models", "optim", "configs",
   "objectives", "probes",

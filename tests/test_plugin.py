@@ -85,9 +85,9 @@ def _train_cli(workdir, **popen):
   args = [
     sys.executable, "-m", "aejax.main", "--config=experiments/quickstart.py:tiny",
     f"--workdir={workdir}", "--config.model.name=adversarial_ae:build",
-    "--config.model.hidden_widths=32", "--config.total_steps=600",
-    "--config.checkpoint_every_steps=20", "--config.eval_every_steps=300",
-    "--config.log_every_steps=100", "--config.steps_per_dispatch=10",
+    "--config.model.hidden_widths=32", "--config.total_steps=200",
+    "--config.checkpoint_every_steps=20", "--config.eval_every_steps=100",
+    "--config.log_every_steps=50", "--config.steps_per_dispatch=10",
   ]  # fmt: skip
   return subprocess.Popen(
     args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
@@ -105,19 +105,19 @@ def test_a_plugin_trains_by_import_path_resumes_after_kill_and_loads(tmp_path, m
   first.send_signal(signal.SIGKILL)
   first.communicate()
   killed_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert killed_at < 600
+  assert killed_at < 200
 
   second = _train_cli(workdir)
   _, stderr = second.communicate(timeout=300)
   assert second.returncode == 0, stderr[-3000:]
   assert "Resumed from the checkpoint at step" in stderr
   final = json.loads((workdir / "final_metrics.json").read_text())
-  assert final["step"] == 600 and np.isfinite(final["eval/loss_critic"])
+  assert final["step"] == 200 and np.isfinite(final["eval/loss_critic"])
   assert (workdir / "latent_grid.png").exists()  # Finalized like any 2-D model.
 
   monkeypatch.syspath_prepend(PLUGINS)
   loaded = aejax.load(workdir, trust_model_code=True)
-  assert loaded.step == 600 and set(loaded.params) == {"encoder", "decoder", "critic"}
+  assert loaded.step == 200 and set(loaded.params) == {"encoder", "decoder", "critic"}
   digits = np.random.default_rng(0).uniform(size=(5, 8, 8, 1)).astype(np.float32)
   assert loaded.encode(digits).shape == (5, 2)
   assert loaded.decode(np.zeros((3, 2), np.float32)).shape == (3, 8, 8, 1)
