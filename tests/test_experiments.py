@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import GOLDEN, assert_golden
 
 from aejax import configs, data, errors, metrics, train, visualize
 
@@ -76,6 +77,11 @@ def test_tiny_variant_trains_end_to_end(path, tmp_path, data_dir, monkeypatch):
     visualize.finalize(tmp_path)
   last_eval = [r for r in metrics.read_metrics(tmp_path) if "eval/loss" in r][-1]
   assert last_eval["step"] == c.total_steps
+  if path.stem == "quickstart":
+    # The same numbers as the version before the package was layered (tests/test_golden.py).
+    assert_golden(
+      json.loads((tmp_path / "final_metrics.json").read_text()), GOLDEN["quickstart_tiny"]
+    )
   assert math.isfinite(last_eval["eval/loss"]) and math.isfinite(last_eval["eval/bce_per_pixel"])
   assert (tmp_path / "checkpoints" / str(c.total_steps)).is_dir()
   expected = {

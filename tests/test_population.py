@@ -8,7 +8,7 @@ import signal
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_digits_config
+from helpers import GOLDEN, assert_golden, tiny_digits_config
 
 import aejax
 from aejax import errors, figures, metrics, parallel, steps, train
@@ -59,6 +59,8 @@ def test_each_member_equals_its_separate_run_and_resumes(tmp_path, monkeypatch):
     assert ours.keys() == theirs.keys() and ours["step"] == STEPS
     for key in theirs:
       assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
+    # And those of the version before the package was layered (tests/test_golden.py).
+    assert_golden(ours, GOLDEN["group"][i])
     # aejax.load restores the member from its own checkpoint.
     loaded = aejax.load(dirs[i])
     assert loaded.step == STEPS
