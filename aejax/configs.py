@@ -7,7 +7,9 @@ per-device batch) are computed by the trainer, never stored here.
 """
 
 import difflib
+import importlib.util
 import math
+import pathlib
 from typing import NamedTuple
 
 import ml_collections
@@ -393,4 +395,79 @@ def step_counts(c: ml_collections.ConfigDict, num_train: int) -> StepCounts:
     total_steps=c.total_steps or c.num_epochs * steps_per_epoch,
     eval_every=c.eval_every_steps or steps_per_epoch,
     checkpoint_every=c.checkpoint_every_steps or steps_per_epoch,
+  )
+
+
+# ---------------------------------------------------------------------------
+# Experiment files and the command that runs each kind of config.
+
+EXPERIMENTS_FOLDER = "experiments"
+# The installed copy of experiments/ (pyproject.toml maps the folder to this package).
+EXPERIMENTS_PACKAGE = "aejax.experiments"
+
+TRAIN_COMMAND = "python -m aejax.main"
+PCA_VS_AE_COMMAND = "python -m aejax.pca_vs_ae"
+
+
+def installed_experiments_folder() -> pathlib.Path | None:
+  """The folder of the experiment configs installed with aejax; None if there is none."""
+  spec = importlib.util.find_spec(EXPERIMENTS_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return pathlib.Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_experiment_arg(value: str) -> str:
+  """`--config`'s value, with `experiments/NAME.py[:ARG]` pointing at the installed copy when the
+  working folder has no such file (an installed aejax run from anywhere); else unchanged."""
+  path, sep, arg = value.partition(":")
+  parts = pathlib.PurePath(path).parts
+  if len(parts) != 2 or parts[0] != EXPERIMENTS_FOLDER or pathlib.Path(path).exists():
+    return value
+  folder = installed_experiments_folder()
+  if folder is None or not (folder / parts[1]).is_file():
+    return value
+  return f"{folder / parts[1]}{sep}{arg}"
+
+
+def config_flag_value(argv: list[str]) -> str | None:
+  """The value of the `--config` flag in `argv` as typed, or None."""
+  for i, word in enumerate(argv):
+    if word.startswith("--config="):
+      return word.split("=", 1)[1]
+    if word == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def resolve_experiment_args(argv: list[str]) -> list[str]:
+  """argv with its `--config=experiments/NAME.py[:ARG]` resolved by `resolve_experiment_arg`."""
+  out = list(argv)
+  for i, word in enumerate(out):
+    if word.startswith("--config="):
+      out[i] = "--config=" + resolve_experiment_arg(word.split("=", 1)[1])
+    elif word == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve_experiment_arg(out[i + 1])
+  return out
+
+
+def command_for(c: ml_collections.ConfigDict) -> str:
+  """The program that runs config `c`: a PCA-vs-autoencoder comparison nests the config of its
+  autoencoder runs under `ae`; every other experiment is one training run (or a sweep of them)."""
+  if "ae" in c and "latent_dims" in c and "model" not in c:
+    return PCA_VS_AE_COMMAND
+  return TRAIN_COMMAND
+
+
+def check_command(
+  c: ml_collections.ConfigDict, accepted: str, program: str, config_arg: str
+) -> None:
+  """A ConfigError naming the right program when `program`, which runs configs of `command_for`
+  kind `accepted`, is given config `c` of another kind (`config_arg`: --config as typed)."""
+  expected = command_for(c)
+  if expected == accepted:
+    return
+  raise errors.ConfigError(
+    f"--config={config_arg} configures {expected}, not {program}; run: "
+    f"{expected} --config={config_arg} --workdir=DIR"
   )

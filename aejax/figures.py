@@ -89,12 +89,13 @@ def save_figure(fig, path) -> pathlib.Path:
   return path
 
 
-def tile_images(images: np.ndarray, ncols: int, border: int = 1) -> np.ndarray:
-  """Tiles (N, H, W, C) images row by row into one image with `border` pixels of 1.0 between cells.
+def tile_images(images: np.ndarray, ncols: int, border: int = 1, fill: float = 1.0) -> np.ndarray:
+  """Tiles (N, H, W, C) images row by row into one image with `border` pixels of `fill` between
+  cells.
 
   Returns a float32 array of shape (rows * (H + border) + border, ncols * (W + border) + border, C)
   with rows = ceil(N / ncols); image k sits in grid row k // ncols, column k % ncols. Cells past
-  the last image stay at the border value. Values are clipped to [0, 1].
+  the last image stay at `fill`. Values are clipped to [0, 1].
   """
   arr = as_images(images, "images")
   ncols = positive_int(ncols, "ncols")
@@ -102,7 +103,8 @@ def tile_images(images: np.ndarray, ncols: int, border: int = 1) -> np.ndarray:
     raise ValueError(f"border: expected a non-negative int, got {border!r}")
   n, h, w, c = arr.shape
   nrows = math.ceil(n / ncols)
-  out = np.ones((nrows * (h + border) + border, ncols * (w + border) + border, c), np.float32)
+  shape = (nrows * (h + border) + border, ncols * (w + border) + border, c)
+  out = np.full(shape, fill, np.float32)
   for k in range(n):
     top = border + (k // ncols) * (h + border)
     left = border + (k % ncols) * (w + border)

@@ -66,8 +66,22 @@ def _bare_axes(ax) -> None:
     spine.set_visible(False)
 
 
+def latent_axis_label(i: int, units: str = "") -> str:
+  """`z[i]`, with the latent's units when known, e.g. 'z[0] (prior standard deviations)'."""
+  return f"z[{i}] ({units})" if units else f"z[{i}]"
+
+
+# Grey between the cells of a latent grid: white on black digits would read as strokes.
+GRID_GAP_FILL = 0.5
+
+
 def save_latent_grid(
-  path, images: np.ndarray, z1_values: np.ndarray, z2_values: np.ndarray, title: str
+  path,
+  images: np.ndarray,
+  z1_values: np.ndarray,
+  z2_values: np.ndarray,
+  title: str,
+  latent_units: str = "",
 ) -> pathlib.Path:
   """Saves a PNG of images decoded on a 2-D latent grid, tiled into one picture.
 
@@ -75,9 +89,10 @@ def save_latent_grid(
   (z1_values[j], z2_values[i]). The picture reads like a plot: z[0] increases to the right and
   z[1] increases upwards, so its top row is the largest z2 value. Rows and columns are sorted by
   their z values to get there, so either order of z1_values and z2_values (e.g. an ascending
-  linspace, which puts the smallest z2 in images[0]) gives the same picture. Cells touch, with
-  no border, so neighbouring decodings morph into each other; a few cells per axis carry
-  their z value (.2f) as the tick label. Parent folders are created. Returns the path.
+  linspace, which puts the smallest z2 in images[0]) gives the same picture. A thin grey gap
+  (1 pixel per 14 image pixels, at least 1) separates the cells, so a grid of small images still
+  reads as separate digits; a few cells per axis carry their z value (.2f) as the tick label,
+  and the axis labels name `latent_units`. Parent folders are created. Returns the path.
   """
   arr = _image_stack(images, "images", ("G2", "G1"))
   g2, g1, h, w, c = arr.shape
@@ -87,7 +102,8 @@ def save_latent_grid(
   cols = np.argsort(z1, kind="stable")
   rows = np.argsort(-z2, kind="stable")
   arr, z1, z2 = arr[rows][:, cols], z1[cols], z2[rows]
-  grid = figures.tile_images(arr.reshape(g2 * g1, h, w, c), ncols=g1, border=0)
+  gap = max(1, round(max(h, w) / 14))
+  grid = figures.tile_images(arr.reshape(g2 * g1, h, w, c), g1, border=gap, fill=GRID_GAP_FILL)
   # Whole screen pixels per image pixel, about 600 px across, as in save_image_grid.
   scale = max(1, round(600 / max(grid.shape[0], grid.shape[1])))
   with figures.subplots(
@@ -101,11 +117,11 @@ def save_latent_grid(
     # A ".2f" label such as "-1.64" is about 0.5 inch wide; keep labelled cells that far apart.
     min_gap = math.ceil(0.5 / (max(h, w) * scale / figures.DPI))
     xs = _tick_indices(g1, max(min_gap, round((g1 - 1) / (_GRID_TICKS - 1))), min_gap)
-    ax.set_xticks(xs * w + (w - 1) / 2, [f"{v:.2f}" for v in z1[xs]])
+    ax.set_xticks(gap + xs * (w + gap) + (w - 1) / 2, [f"{v:.2f}" for v in z1[xs]])
     ys = _tick_indices(g2, max(min_gap, round((g2 - 1) / (_GRID_TICKS - 1))), min_gap)
-    ax.set_yticks(ys * h + (h - 1) / 2, [f"{v:.2f}" for v in z2[ys]])
-    ax.set_xlabel("z[0]")
-    ax.set_ylabel("z[1]")
+    ax.set_yticks(gap + ys * (h + gap) + (h - 1) / 2, [f"{v:.2f}" for v in z2[ys]])
+    ax.set_xlabel(latent_axis_label(0, latent_units))
+    ax.set_ylabel(latent_axis_label(1, latent_units))
     return figures.save_figure(fig, path)
 
 
@@ -165,11 +181,13 @@ def save_latent_scatter(
   class_names: Sequence[str] | None = None,
   max_points: int = 10000,
   seed: int = 0,
+  latent_units: str = "",
 ) -> pathlib.Path:
   """Saves a PNG scatter plot of latent codes `z` (N, D), coloured by class label.
 
   D == 2 plots z[:, 0] against z[:, 1]. D == 1 plots z[:, 0] against a random vertical jitter
-  (the y label says it carries no meaning). D > 2 is projected to 2-D with `method`: "pca"
+  (the y label says it carries no meaning); their axis labels name `latent_units`. D > 2 is
+  projected to 2-D with `method`: "pca"
   (fitted on all N points; axes give each component's share of the variance) or "tsne" (fitted on
   the points shown only, since t-SNE is slow); the method is named in the title and axis labels.
   At most `max_points` points are shown, a random subset drawn with `seed`, in random order so
@@ -206,10 +224,12 @@ def save_latent_scatter(
   note = "" if m == n else f", {m} of {n} points shown"
   if d == 1:
     points = np.stack([arr[shown, 0], rng.uniform(-0.5, 0.5, m)], axis=1)
-    xlabel, ylabel = "z[0]", "random jitter (no meaning, spreads the points)"
+    xlabel = latent_axis_label(0, latent_units)
+    ylabel = "random jitter (no meaning, spreads the points)"
     subtitle = f"1-d latents{note}"
   elif d == 2:
-    points, xlabel, ylabel, subtitle = arr[shown], "z[0]", "z[1]", f"2-d latents{note}"
+    points, subtitle = arr[shown], f"2-d latents{note}"
+    xlabel, ylabel = latent_axis_label(0, latent_units), latent_axis_label(1, latent_units)
   elif method == "pca":
     points, xlabel, ylabel, subtitle = _project(arr, method, seed)
     points, subtitle = points[shown], subtitle + note

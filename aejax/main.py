@@ -97,8 +97,15 @@ def config_flag_error(argv: list[str], error: Exception) -> errors.ConfigError |
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, except that a bad --config or --config.FIELD is one line, exit 2."""
   try:
-    rest = FLAGS(argv)
+    # experiments/NAME.py from any folder: the copy installed with aejax stands in.
+    rest = FLAGS(configs.resolve_experiment_args(argv))
     FLAGS.config.keys()  # ml_collections defers a config file's load error to its first use.
+    configs.check_command(
+      FLAGS.config,
+      configs.TRAIN_COMMAND,
+      "python -m aejax.main",
+      configs.config_flag_value(argv) or "",
+    )
     return rest
   except Exception as error:
     config_error = config_flag_error(argv, error)

@@ -7,7 +7,10 @@ import pathlib
 import flax.struct
 import jax
 import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
 from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summaries
 
 from aejax.workdir import METRICS_FILE, TENSORBOARD_DIR
 
@@ -84,6 +87,13 @@ class MetricWriter:
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 
+  def write_images(self, step: int, pngs: dict[str, str | pathlib.Path]) -> None:
+    """Logs PNG files aejax drew (tag -> path) as TensorBoard images at `step`."""
+    if self._tb is None:
+      return
+    for tag, path in pngs.items():
+      self._tb.add_image(tag, read_png(path), int(step), dataformats="HWC")
+
   def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()
@@ -92,6 +102,37 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def read_png(path) -> np.ndarray:
+  """A PNG as an (H, W, C) float32 array in [0, 1] (RGB or RGBA, as matplotlib saved it)."""
+  image = matplotlib.image.imread(str(path))
+  return image[..., None] if image.ndim == 2 else image
+
+
+# TensorBoard run (a subfolder of workdir/tensorboard) holding the run's HParams session.
+HPARAMS_RUN = "hparams"
+
+
+def write_hparams(workdir, hparams: dict, final_metrics: dict[str, float]) -> None:
+  """Logs a run's hyper-parameters and final metrics for TensorBoard's HParams dashboard.
+
+  `tensorboard --logdir SWEEP_DIR` then shows one row per run, comparable by
+  every hyper-parameter and metric. Values that are not bool, int, float or
+  str become strings; non-finite metrics are left out (the dashboard has no NaN).
+  Writing again replaces the session (a re-evaluated run shows once).
+  """
+  folder = pathlib.Path(workdir) / TENSORBOARD_DIR / HPARAMS_RUN
+  for old in folder.glob("events.out.tfevents.*"):
+    old.unlink()
+  hp = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in hparams.items()}
+  finite = {k: float(v) for k, v in final_metrics.items() if math.isfinite(float(v))}
+  experiment, session_start, session_end = hparams_summaries(hp, finite)
+  with SummaryWriter(str(folder)) as writer:
+    for summary in (experiment, session_start, session_end):
+      writer.file_writer.add_summary(summary)
+    for name, value in finite.items():
+      writer.add_scalar(name, value, 0)
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:

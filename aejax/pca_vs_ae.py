@@ -432,16 +432,30 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runner.setup_logging()
-  command = "python -m aejax.pca_vs_ae " + shlex.join(sys.argv[1:])
-  runner.run(lambda: _print_table(run(flags.FLAGS.config, flags.FLAGS.workdir, command=command)))
+  command = "python -m aejax.pca_vs_ae " + shlex.join(_typed_argv[1:])
+  config_arg = configs.config_flag_value(_typed_argv) or ""
+
+  def work():
+    configs.check_command(
+      flags.FLAGS.config, configs.PCA_VS_AE_COMMAND, configs.PCA_VS_AE_COMMAND, config_arg
+    )
+    _print_table(run(flags.FLAGS.config, flags.FLAGS.workdir, command=command))
+
+  runner.run(work)
 
 
 def _print_table(rows) -> None:
   print("\n".join(_table(rows)))
 
 
+_typed_argv: list[str] = []  # The command line as typed, for the report and error messages.
+
+
 def cli() -> None:
   _define_flags()
+  _typed_argv[:] = sys.argv
+  # experiments/NAME.py from any folder: the copy installed with aejax stands in.
+  sys.argv = configs.resolve_experiment_args(sys.argv)
   app.run(main)
 
 

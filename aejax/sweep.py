@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from aejax import errors, report, runner, train
+from aejax import configs, errors, report, runner, train
 from aejax import workdir as workdir_lib
 from aejax.sweep_grid import (
   LOGS_DIR,
@@ -425,7 +425,12 @@ def _sweep(f) -> None:
   if f.report_only:
     logging.info("wrote %s", report.write_report(sweep_dir))
     return
-  config_arg = _config_flag_value(sys.argv)
+  config_arg = configs.config_flag_value(sys.argv)
+  if config_arg is None:
+    raise errors.ConfigError("--config: not found on the command line")
+  configs.check_command(
+    f.config, configs.TRAIN_COMMAND, "scripts/sweep.py (aejax-sweep)", config_arg
+  )
   module, arg = load_config_module(config_arg)
   overrides = expand(
     getattr(module, "sweep", None),
@@ -487,21 +492,13 @@ def _sweep(f) -> None:
     sys.exit(1)
 
 
-def _config_flag_value(argv: Sequence[str]) -> str:
-  """The --config=PATH[:ARG] argument as given: the file whose sweep(add) to call, and its arg."""
-  for i, word in enumerate(argv):
-    if word.startswith("--config="):
-      return word.split("=", 1)[1]
-    if word == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
-  raise errors.ConfigError("--config: not found on the command line")
-
-
 def cli() -> None:
   """Console-script entry point (aejax-sweep)."""
   from absl import app, flags
 
   _define_flags()
+  # experiments/NAME.py from any folder: the copy installed with aejax stands in.
+  sys.argv = configs.resolve_experiment_args(sys.argv)
   # --help lists the flags of the program's own file; under a console script that is the
   # generated launcher, so the sweep's flags are declared its key flags.
   for flag in flags.FLAGS.get_key_flags_for_module(__name__):

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from aejax import accelerators, errors, evaluate, runner, sweep_grid, train, visualize
+from aejax import accelerators, errors, evaluate, metrics, runner, sweep_grid, train, visualize
 
 
 def _lock(workdir: pathlib.Path):
@@ -105,11 +105,37 @@ def work(
     if sweep_grid.is_finished(d, c):
       continue
     started = time.perf_counter()
-    evaluate.evaluate(d, **options)
+    results = evaluate.evaluate(d, **options)
     seconds = time.perf_counter() - started
     _record([d], stage="eval", group=[d.name], device=device, seconds=seconds, status="done")
+    write_hparams(d, c, results)
   logging.info("finished %s", ", ".join(names))
   del locks
+
+
+# Fields every sweep run reports to TensorBoard's HParams dashboard besides its overrides.
+HPARAM_FIELDS = ("model.name", "model.latent_dim", "data.name", "objective.name", "objective.beta")
+
+
+def write_hparams(workdir: pathlib.Path, config: ml_collections.ConfigDict, results: dict) -> None:
+  """The run's overrides, a few defining fields and its test metrics, for TensorBoard's HParams
+  dashboard (`tensorboard --logdir SWEEP_DIR` compares the runs)."""
+  overrides = json.loads((workdir / sweep_grid.RUN_RECORD).read_text())["overrides"]
+  hparams = {field: _get(config, field) for field in HPARAM_FIELDS}
+  hparams.update(overrides)
+  # Scalars only: eval_results.json also holds lists (KL per dimension) and notes.
+  final = {
+    f"test/{name}": value
+    for name, value in results.items()
+    if isinstance(value, int | float) and not isinstance(value, bool)
+  }
+  metrics.write_hparams(workdir, hparams, final)
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+  for part in field.split("."):
+    config = config[part]
+  return config
 
 
 def _define_flags() -> None:

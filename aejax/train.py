@@ -145,8 +145,11 @@ def _figure_rows(task: str, batch: dict[str, np.ndarray], output: np.ndarray) ->
   return {"input": batch["input"], "reconstruction": output}
 
 
-def write_figures(run_dir, model, params, config, eval_data, keys, step: int) -> None:
-  """Reconstructions of the first eval images and, for VAEs, samples from the prior."""
+def write_figures(run_dir, model, params, config, eval_data, keys, step: int) -> dict:
+  """Reconstructions of the first eval images and, for VAEs, samples from the prior.
+
+  Returns the PNGs written, by TensorBoard image tag.
+  """
   n = min(config.num_figure_images, eval_data["count"])
   images = np.asarray(eval_data["images"][:n])
   labels = None if eval_data["labels"] is None else np.asarray(eval_data["labels"][:n])
@@ -161,9 +164,10 @@ def write_figures(run_dir, model, params, config, eval_data, keys, step: int) ->
   if not np.all(np.isfinite(output)):
     # Possible with config.nonfinite == "skip": finite parameters can still overflow.
     logging.warning("step %d: non-finite reconstructions; figures not updated", step)
-    return
+    return {}
   name = f"{config.data.name} {config.task.name}, {config.model.name}, step {step}"
-  figures.save_reconstructions(
+  written = {}
+  written["figures/reconstructions"] = figures.save_reconstructions(
     pathlib.Path(run_dir) / "reconstructions.png",
     _figure_rows(config.task.name, batch, output),
     title=f"Reconstructions: {name}",
@@ -173,11 +177,12 @@ def write_figures(run_dir, model, params, config, eval_data, keys, step: int) ->
     # A conditional model cycles through the classes: 64 samples, class = index mod K.
     labels = jnp.arange(64) % config.model.num_classes if config.model.num_classes else None
     logits = model.apply({"params": params}, z, labels, method=model.decode)
-    figures.save_image_grid(
+    written["figures/samples"] = figures.save_image_grid(
       pathlib.Path(run_dir) / "samples.png",
       np.asarray(jax.nn.sigmoid(logits)),
       title=f"Samples from the prior N(0, I): {name}",
     )
+  return written
 
 
 def train_and_evaluate(
@@ -294,11 +299,13 @@ class Population:
       zip(self.writers, self.members(self.state.params), strict=False)
     ):
       writer.write(step, results[i])
-      writer.flush()
       c = self.configs[i]
-      write_figures(
+      pngs = write_figures(
         self.dirs[i], self.run.model, params, c, self.eval_data, self.member_keys[i], step
       )
+      # The same pictures in TensorBoard's Images tab, one per evaluation (a slider over steps).
+      writer.write_images(step, pngs)
+      writer.flush()
       figures.save_training_curves(
         self.dirs[i] / "curves.png",
         writer.path,
@@ -442,7 +449,7 @@ def _log_start(pop: Population, counts) -> None:
   c, run = pop.config, pop.run
   logging.info(
     "%s on %s/%s: %d train, %d eval images of shape %s; %d parameters%s; %d devices (%s); "
-    "batch %d (%d per device); %d steps (%d per epoch), up to %d per dispatch",
+    "batch %d (%d per device); %d steps (%d per epoch), up to %d per dispatch; workdir %s",
     c.model.name,
     c.data.name,
     run.train_set.source,
@@ -458,6 +465,8 @@ def _log_start(pop: Population, counts) -> None:
     counts.total_steps,
     counts.steps_per_epoch,
     c.steps_per_dispatch,
+    # A population's members are named above; their common folder is the place to look.
+    pop.dirs[0].resolve().parent if pop.batched else pop.dirs[0].resolve(),
   )
 
 

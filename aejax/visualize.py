@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
-from aejax import api, data, figures, image_metrics, latent_figures, tasks
+from aejax import api, data, figures, image_metrics, latent_figures, metrics, tasks
 from aejax.api import TrainedModel
 
 GRID_SIZE = 20  # The latent grid: 20 x 20 decoded images.
@@ -26,6 +26,12 @@ NOISE_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0)  # Latent noise, in units of the laten
 
 def _labels_for(handle: TrainedModel, labels: np.ndarray | None) -> np.ndarray | None:
   return labels if handle.num_classes else None
+
+
+def latent_units(handle: TrainedModel) -> str:
+  """What a latent coordinate is measured in: a VAE's prior N(0, I) makes it standard
+  deviations of the prior; a plain autoencoder's code has no natural unit."""
+  return "prior standard deviations" if handle.is_variational else "code value, no natural unit"
 
 
 def _title(handle: TrainedModel) -> str:
@@ -59,6 +65,7 @@ def latent_grid(handle: TrainedModel, workdir: pathlib.Path, z_test: np.ndarray)
     z1_values,
     z2_values,
     title=f"Latent grid ({where}): {_title(handle)}",
+    latent_units=latent_units(handle),
   )
 
 
@@ -214,6 +221,7 @@ def write_final_outputs(handle: TrainedModel, eval_set: data.ImageSet, workdir) 
         z_test,
         labels,
         method=handle.config.get("scatter_method", "pca"),
+        latent_units=latent_units(handle),
         title=f"Test latents ({'posterior means' if handle.is_variational else 'codes'}): "
         f"{_title(handle)}",
       ).name
@@ -247,5 +255,10 @@ def finalize(
   if eval_set is None:
     eval_set = data.load_split(c, c.data.eval_split, c.data.eval_limit)
   written = write_final_outputs(handle, eval_set, run_dir)
+  # The final pictures also go to TensorBoard's Images tab, at the step they were drawn from.
+  writer = metrics.MetricWriter(run_dir)
+  pngs = {f"figures/{name.removesuffix('.png')}": name for name in written if name.endswith(".png")}
+  writer.write_images(handle.step, {tag: pathlib.Path(run_dir) / n for tag, n in pngs.items()})
+  writer.close()
   logging.info("Wrote %s", ", ".join(written))
   return written

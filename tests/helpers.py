@@ -40,3 +40,37 @@ def tiny_digits_config(total_steps: int | None = None, **model):
   if total_steps is not None:
     c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = total_steps
   return c
+
+
+def read_tensorboard(logdir) -> dict:
+  """Every run under `logdir` as TensorBoard itself reads it (its event multiplexer).
+
+  Returns {run: {"scalars": {tag: [(step, value)]}, "images": {tag: [(step, width, height)]},
+  "hparams": {name: value} of the run's HParams session, "hparams_metrics": [metric tags]}}.
+  """
+  from tensorboard.backend.event_processing import event_multiplexer
+  from tensorboard.plugins.hparams import plugin_data_pb2
+
+  # 0: keep every event (the default samples images and scalars).
+  mux = event_multiplexer.EventMultiplexer(size_guidance={"images": 0, "scalars": 0})
+  mux.AddRunsFromDirectory(str(logdir))
+  mux.Reload()
+  runs = {}
+  for run, tags in mux.Runs().items():
+    out = {
+      "scalars": {t: [(e.step, e.value) for e in mux.Scalars(run, t)] for t in tags["scalars"]},
+      "images": {
+        t: [(e.step, e.width, e.height) for e in mux.Images(run, t)] for t in tags["images"]
+      },
+      "hparams": {},
+      "hparams_metrics": [],
+    }
+    for content in mux.PluginRunToTagToContent("hparams").get(run, {}).values():
+      data = plugin_data_pb2.HParamsPluginData.FromString(content)
+      if data.HasField("session_start_info"):
+        for name, value in data.session_start_info.hparams.items():
+          out["hparams"][name] = getattr(value, value.WhichOneof("kind"))
+      if data.HasField("experiment"):
+        out["hparams_metrics"] = [m.name.tag for m in data.experiment.metric_infos]
+    runs[run] = out
+  return runs

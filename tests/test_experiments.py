@@ -8,13 +8,15 @@ import pathlib
 import subprocess
 import sys
 
+import PIL.Image
 import pytest
-from helpers import GOLDEN, assert_golden
+from helpers import GOLDEN, assert_golden, read_tensorboard
 
 from aejax import configs, data, errors, metrics, train, visualize
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
+# experiments/__init__.py makes the folder the installed package aejax.experiments; not a config.
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if p.stem != "__init__")
 REQUIRED = {
   "quickstart",
   "lesson_conv_ae",
@@ -104,6 +106,19 @@ def test_tiny_variant_trains_end_to_end(path, tmp_path, data_dir, monkeypatch):
   if c.task.name == "superres":
     expected.add("superres_from_noise.png")
   assert expected <= {p.name for p in tmp_path.iterdir()}
+  # TensorBoard, read back with its own reader: the scalars, the pictures of every evaluation,
+  # and the final pictures at the last step, each the size of its PNG.
+  board = read_tensorboard(tmp_path / "tensorboard")["."]
+  eval_steps = [r["step"] for r in metrics.read_metrics(tmp_path) if "eval/loss" in r]
+  assert [step for step, _ in board["scalars"]["eval/loss"]] == eval_steps
+  assert board["scalars"]["eval/loss"][-1][1] == pytest.approx(last_eval["eval/loss"])
+  assert [step for step, *_ in board["images"]["figures/reconstructions"]] == eval_steps
+  pngs = {p.stem for p in tmp_path.glob("*.png")} - {"curves"}
+  assert {tag.removeprefix("figures/") for tag in board["images"]} == pngs
+  for tag, events in board["images"].items():
+    step, width, height = events[-1]
+    with PIL.Image.open(tmp_path / f"{tag.removeprefix('figures/')}.png") as png:
+      assert (step, width, height) == (c.total_steps, *png.size), tag
 
 
 def _cli(*args, timeout=300):
@@ -134,6 +149,48 @@ def test_cli_runs_with_overrides(tmp_path):
   assert (tmp_path / "samples.png").exists()
   # The CLI finalizes the run after training: the latent figures of the trained model.
   assert (tmp_path / "latent_noise.png").exists() and (tmp_path / "interpolation.png").exists()
+
+
+# The program each experiment's docstring names, and the kind of config that program runs.
+PROGRAMS = {
+  "python -m aejax.main": configs.TRAIN_COMMAND,
+  "python scripts/sweep.py": configs.TRAIN_COMMAND,
+  "python -m aejax.pca_vs_ae": configs.PCA_VS_AE_COMMAND,
+}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_docstring_command_is_the_program_that_runs_the_config(path):
+  module = load_experiment(path)
+  command = " ".join(module.__doc__.split("Command:", 1)[1].replace("\\\n", " ").split())
+  program = next((p for p in PROGRAMS if p in command), None)
+  assert program is not None, f"{path.name}: its command names none of {list(PROGRAMS)}"
+  assert f"--config=experiments/{path.name}" in command
+  assert configs.command_for(module.get_config("tiny")) == PROGRAMS[program]
+
+
+@pytest.mark.parametrize(
+  "program,config",
+  [
+    (["-m", "aejax.main"], "pca_vs_ae.py:tiny"),
+    (["scripts/sweep.py"], "pca_vs_ae.py:tiny"),
+    (["-m", "aejax.pca_vs_ae"], "quickstart.py:tiny"),
+  ],
+  ids=["main-given-pca_vs_ae", "sweep-given-pca_vs_ae", "pca_vs_ae-given-quickstart"],
+)
+def test_experiment_given_to_the_wrong_program_names_the_right_one(program, config, tmp_path):
+  flag = "--sweep_dir" if "sweep" in program[0] else "--workdir"
+  result = subprocess.run(
+    [sys.executable, *program, f"--config=experiments/{config}", f"{flag}={tmp_path / 'out'}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  right = "aejax.pca_vs_ae" if "pca_vs_ae.py" in config else "aejax.main"
+  assert f"run: python -m {right} --config=experiments/{config} --workdir=DIR" in result.stderr
+  assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_cli_bad_config_is_one_clear_line(tmp_path):

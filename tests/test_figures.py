@@ -275,21 +275,25 @@ def test_save_latent_grid_20x20_digits_orientation(tmp_path, drawn):
   images = _morph_grid(20, 20)
   z = np.linspace(-2.0, 2.0, 20)
   path = tmp_path / "sub" / "grid.png"
-  assert latent_figures.save_latent_grid(path, images, z, z, "VAE latent grid") == path
+  units = "prior standard deviations"
+  assert latent_figures.save_latent_grid(path, images, z, z, "VAE latent grid", units) == path
   pixels = _read_png(path)
   # 20 cells of 28 px at a whole number of screen pixels each, plus the axis labels.
   assert pixels.shape[0] >= 560 and pixels.shape[1] >= 560
   (record,) = drawn
   ax = record["axes"][0]
   assert record["titles"] == ["VAE latent grid"]
-  assert record["xlabels"] == ["z[0]"] and record["ylabels"] == ["z[1]"]
+  assert record["xlabels"] == [f"z[0] ({units})"] and record["ylabels"] == [f"z[1] ({units})"]
   # z[1] increases upwards: given ascending z2, the picture's top row is images[-1] (largest z2)
   # and its bottom row images[0]; columns keep the ascending z1 order.
   shown = np.asarray(ax.images[0].get_array())
-  assert shown.shape == (20 * 28, 20 * 28)
-  np.testing.assert_allclose(shown[0, 0], images[19, 0, 0, 0, 0])
-  np.testing.assert_allclose(shown[-1, 0], images[0, 0, 0, 0, 0])
-  np.testing.assert_allclose(shown[-1, -1], images[0, 19, 0, 0, 0])
+  gap = 2  # Grey gaps of 1 pixel per 14 image pixels separate the cells, and frame the grid.
+  assert shown.shape == (20 * 28 + 21 * gap, 20 * 28 + 21 * gap)
+  np.testing.assert_allclose(shown[gap, gap], images[19, 0, 0, 0, 0])
+  np.testing.assert_allclose(shown[-1 - gap, gap], images[0, 0, -1, 0, 0])
+  np.testing.assert_allclose(shown[-1 - gap, -1 - gap], images[0, 19, -1, -1, 0])
+  for cut in (shown[:gap], shown[:, :gap], shown[gap + 28 : 2 * gap + 28], shown[-gap:]):
+    np.testing.assert_array_equal(cut, latent_figures.GRID_GAP_FILL)
   # Tick labels follow: the top label is the largest z2, and both ends of each axis are labelled.
   assert record["yticks"][0][0] == "2.00" and record["yticks"][0][-1] == "-2.00"
   assert record["xticks"][0][0] == "-2.00" and record["xticks"][0][-1] == "2.00"
@@ -337,8 +341,8 @@ def _colorbar_ticks(record) -> list[str]:
 @pytest.mark.parametrize(
   ("d", "xlabel", "ylabel", "note"),
   [
-    (1, r"^z\[0\]$", "jitter", "1-d latents"),
-    (2, r"^z\[0\]$", r"^z\[1\]$", "2-d latents"),
+    (1, r"^z\[0\] \(prior sd\)$", "jitter", "1-d latents"),
+    (2, r"^z\[0\] \(prior sd\)$", r"^z\[1\] \(prior sd\)$", "2-d latents"),
     (16, r"PC 1 \(\d+\.\d% var\)", r"PC 2 \(\d+\.\d% var\)", "PCA of 16-d latents"),
   ],
 )
@@ -346,7 +350,7 @@ def test_save_latent_scatter_by_dimension(tmp_path, drawn, d, xlabel, ylabel, no
   z, labels = _clustered(2000, d)
   names = [f"digit {k}" for k in range(10)]
   path = latent_figures.save_latent_scatter(
-    tmp_path / "s.png", z, labels, "Test latents", class_names=names
+    tmp_path / "s.png", z, labels, "Test latents", class_names=names, latent_units="prior sd"
   )
   pixels = _read_png(path)
   assert pixels.shape[0] >= 400 and pixels.shape[1] >= 500

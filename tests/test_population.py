@@ -40,7 +40,7 @@ def _assert_close(a, b):
 def test_each_member_equals_its_separate_run_and_resumes(tmp_path, monkeypatch):
   # No PNGs: they cost seconds per run and member; tests/test_sweep.py sees members' figures.
   monkeypatch.setattr(figures, "save_training_curves", lambda *args, **kwargs: None)
-  monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: None)
+  monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: {})
   separate = []
   for i, c in enumerate(_configs()):
     separate.append((tmp_path / f"s{i}", train.train_and_evaluate(c, str(tmp_path / f"s{i}"))))
@@ -106,7 +106,7 @@ def test_members_must_differ_only_in_vmapped_fields():
 
 def test_a_member_with_nonfinite_steps_stops_the_group_or_is_skipped_alone(tmp_path, monkeypatch):
   monkeypatch.setattr(figures, "save_training_curves", lambda *args, **kwargs: None)
-  monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: None)
+  monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: {})
 
   def configs(nonfinite):
     # Plain SGD: member 0 trains normally, member 1's learning rate overflows the loss.

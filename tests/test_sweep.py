@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from helpers import read_tensorboard
 
 from aejax import configs, errors, sweep, sweep_grid
 
@@ -306,6 +307,15 @@ def test_sweep_interrupted_twice_then_finished_skipped_and_reported(tmp_path, pr
     assert json.loads((sweep_dir / name / "eval_results.json").read_text())["step"] == 1000
     assert json.loads((sweep_dir / name / "config.json").read_text())["seed"] == int(name[-1])
   assert _starts(sweep_dir) == {**{n: 1 for n in group_1}, **{n: 3 for n in group_2}}
+  # TensorBoard's HParams dashboard over the sweep folder: one session per run, by its overrides.
+  board = read_tensorboard(sweep_dir)
+  sessions = {run.split("/")[0]: r for run, r in board.items() if r["hparams"]}
+  assert sorted(sessions) == names
+  for name, session in sessions.items():
+    latent_dim, seed = (int(part.split("=")[1]) for part in name.split(","))
+    assert session["hparams"]["model.latent_dim"] == latent_dim
+    assert session["hparams"]["seed"] == seed and session["hparams"]["model.name"] == "dense_vae"
+    assert {"test/elbo", "test/kl", "test/recon"} <= set(session["hparams_metrics"])
   assert {name: _mtimes(sweep_dir / name) for name in group_1} == finished_first
   for name in group_2:
     attempts = [
