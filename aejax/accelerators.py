@@ -41,10 +41,12 @@ _TPU_ENV_VARS = ("TPU_NAME", "TPU_ACCELERATOR_TYPE")
 _log = logging.getLogger(__name__)
 
 
-def describe(devices: Iterable[jax.Device] | None = None) -> str:
-  """One line on the devices JAX will train on, e.g. '8 tpu devices (TPU v5 lite) on 2 hosts'.
+def describe(devices: Iterable[jax.Device] | None = None, doing: str = "training") -> str:
+  """One line on the devices JAX will work on, e.g. 'training on 8 tpu devices (TPU v5 lite) on
+  2 hosts'.
 
   devices: default jax.devices(), all devices of all processes.
+  doing: what the program does on them ("training", "evaluating").
   """
   devices = list(jax.devices() if devices is None else devices)
   if not devices:
@@ -56,7 +58,7 @@ def describe(devices: Iterable[jax.Device] | None = None) -> str:
     groups.append(f"{count} {platform} device{plural} ({kind})")
   hosts = len({d.process_index for d in devices})
   where = f" on {hosts} hosts" if hosts > 1 else ""
-  return f"training on {', '.join(groups)}{where}"
+  return f"{doing} on {', '.join(groups)}{where}"
 
 
 def _read_text(path: str) -> str:
@@ -133,7 +135,10 @@ def install_hint(
 
 
 def log_devices(
-  devices: Iterable[jax.Device] | None = None, *, logger: logging.Logger | None = None
+  devices: Iterable[jax.Device] | None = None,
+  *,
+  logger: logging.Logger | None = None,
+  doing: str = "training",
 ) -> str | None:
   """Logs describe() at INFO and, if any, install_hint() at WARNING; returns the hint.
 
@@ -143,7 +148,7 @@ def log_devices(
   shows JAX's warning, which is WARNING level on JAX_BACKEND_LOGGER.
   """
   logger = logger or _log
-  logger.info("%s", describe(devices))
+  logger.info("%s", describe(devices, doing))
   hint = install_hint()
   if hint:
     logger.warning("%s", hint)

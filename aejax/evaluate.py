@@ -476,7 +476,7 @@ def main(argv: Sequence[str]) -> None:
   runner.setup_logging()
   # The devices first: on a machine with an unused GPU or TPU, JAX's warning and aejax's line
   # naming the install command are the first lines of the log.
-  accelerators.log_devices()
+  accelerators.log_devices(doing="evaluating")
   f = flags.FLAGS
   runner.run(
     lambda: print(

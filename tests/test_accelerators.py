@@ -20,6 +20,8 @@ def test_describe():
   assert accelerators.describe(gpus) == "training on 4 gpu devices (NVIDIA H100 80GB HBM3)"
   tpus = [fake_device("tpu", "TPU v5 lite", process_index=i // 4) for i in range(8)]
   assert accelerators.describe(tpus) == "training on 8 tpu devices (TPU v5 lite) on 2 hosts"
+  evaluating = accelerators.describe(tpus, doing="evaluating")
+  assert evaluating == "evaluating on 8 tpu devices (TPU v5 lite) on 2 hosts"
   assert accelerators.describe([fake_device("cpu", "cpu")]) == "training on 1 cpu device (cpu)"
   assert accelerators.describe([]) == "no JAX devices"
   # The test set-up's 8 fake CPU devices.

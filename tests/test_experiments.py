@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -141,6 +142,14 @@ def test_cli_runs_with_overrides(tmp_path):
     "--config.model.dtype=bfloat16",
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  # The log starts with what a reader needs: the devices, then model, data, steps and the
+  # workdir; JAX's probes of backends this machine lacks (TPU, GPU plug-ins) are not in it.
+  lines = result.stderr.splitlines()
+  assert "training on 8 cpu devices" in lines[0], lines[:3]
+  assert re.search(
+    r"dense_vae on digits/digits: .* 16 steps .* workdir " + re.escape(str(tmp_path)), lines[1]
+  )
+  assert "Unable to initialize backend" not in result.stderr
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["seed"] == 3 and saved["model"]["latent_dim"] == 3
   assert saved["model"]["dtype"] == "bfloat16"
