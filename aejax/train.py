@@ -309,7 +309,7 @@ class Population:
       figures.save_training_curves(
         self.dirs[i] / "curves.png",
         writer.path,
-        title=f"Training curves: {c.model.name} on {c.data.name}",
+        title=f"Training curves: {c.model.name} on {c.data.name}, step {step}",
       )
     return results
 
