@@ -307,6 +307,7 @@ def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequenc
         z,
         labels,
         title=f"Test posterior means: {row['configuration']}, seed {run['config'].seed}",
+        latent_units=visualize.latent_units(handle),
       )
       two_d.append((row["configuration"], grid.name, scatter.name))
   written = {"notes": notes, "two_d": two_d}

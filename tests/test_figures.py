@@ -2,16 +2,19 @@
 line plots and input checks."""
 
 import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
 from aejax import figures, latent_figures
-from aejax.figures import plt
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -641,3 +644,18 @@ def test_latent_and_sweep_bad_inputs_raise_value_error(tmp_path, call, match):
   with pytest.raises(ValueError, match=match):
     call(path)
   assert not path.exists()
+
+
+def test_importing_aejax_leaves_the_matplotlib_backend_alone():
+  # A notebook's inline backend (here: whatever MPLBACKEND names) must survive `import aejax.main`,
+  # or the user's own plt.show() would draw nothing.
+  code = "import aejax.main, aejax.figures, matplotlib; print(matplotlib.get_backend())"
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    env={**os.environ, "MPLBACKEND": "svg"},
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "svg"
