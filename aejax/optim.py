@@ -53,12 +53,15 @@ def make_schedule(
   if c.schedule == "constant":
     return optax.constant_schedule(lr)
   if c.schedule == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(
+    # The shape with peak 1, times the rate: optax's schedule branches in Python on its peak
+    # value, which is a traced scalar for a population's members.
+    shape = optax.warmup_cosine_decay_schedule(
       init_value=0.0,
-      peak_value=lr,
+      peak_value=1.0,
       warmup_steps=c.warmup_steps,
       decay_steps=max(total_steps, c.warmup_steps + 1),
     )
+    return lambda step: lr * shape(step)
   if c.schedule == "piecewise":
     boundaries = tuple(c.piecewise_boundaries)
     scales = tuple(c.piecewise_scales)

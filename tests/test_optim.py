@@ -1,5 +1,6 @@
 """Tests for aejax/optim.py: optimizers and schedules by name."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -53,3 +54,19 @@ def test_unknown_names_and_mismatched_piecewise_fail_clearly():
     optim.make_optimizer(_opt(schedule="exp"), 10)
   with pytest.raises(errors.ConfigError, match="same length"):
     optim.make_schedule(_opt(schedule="piecewise", piecewise_boundaries=(1,)), 10)
+
+
+@pytest.mark.parametrize("schedule", optim.SCHEDULES)
+def test_every_schedule_takes_a_traced_learning_rate(schedule):
+  # The trainer passes each run's learning rate as a traced scalar (populations vmap over it),
+  # so no schedule may branch on it in Python.
+  c = _opt(schedule=schedule, learning_rate=0.5, warmup_steps=10)
+  c.piecewise_boundaries, c.piecewise_scales = (20,), (0.1,)
+
+  @jax.jit
+  def rate(learning_rate, step):
+    return optim.make_schedule(c, 100, 5, learning_rate=learning_rate)(step)
+
+  for step in (0, 5, 15, 60):
+    expected = optim.make_schedule(c, 100, 5)(step)
+    assert float(rate(jnp.float32(0.5), step)) == pytest.approx(float(expected), rel=1e-6)
