@@ -87,6 +87,8 @@ def use(command: str, args) -> None:
   if command in ("encode", "decode", "generate", "reconstruct") and not args.out:
     raise app.UsageError(f"{command}: --out is required")
   handle = api.load(args.workdir, args.step, trust_model_code=args.trust_model_code)
+  # Every picture says which model drew it: model, training data, checkpoint step.
+  model = f"{handle.config.model.name} on {handle.config.data.name}, step {handle.step}"
   if command == "encode":
     images, labels = _load_images(args, handle)
     _save(args.out, handle.encode(images, _conditional_labels(handle, labels)))
@@ -98,7 +100,9 @@ def use(command: str, args) -> None:
     images = handle.decode(latents, labels)
     _save(args.out, images)
     if args.png:
-      figures.save_image_grid(args.png, images[:100], title=f"Decoded latents ({args.latents})")
+      figures.save_image_grid(
+        args.png, images[:100], title=f"Decoded latents ({args.latents}): {model}"
+      )
   elif command == "generate":
     labels = None
     if handle.num_classes:
@@ -112,7 +116,7 @@ def use(command: str, args) -> None:
     if args.png:
       what = "" if labels is None else f", class {args.label}" if args.label is not None else ""
       figures.save_image_grid(
-        args.png, images, title=f"{args.n} samples from the prior (seed {args.seed}{what})"
+        args.png, images, title=f"{args.n} samples from the prior (seed {args.seed}{what}): {model}"
       )
   elif command == "reconstruct":
     images, labels = _load_images(args, handle)
@@ -121,7 +125,7 @@ def use(command: str, args) -> None:
     if args.png:
       shown = np.asarray(images if np.asarray(images).ndim == 4 else np.asarray(images)[..., None])
       figures.save_reconstructions(
-        args.png, {"input": shown, "reconstruction": output}, title="Reconstructions"
+        args.png, {"input": shown, "reconstruction": output}, title=f"Reconstructions: {model}"
       )
   elif command in ("figures", "task_metrics"):
     config = handle.config
