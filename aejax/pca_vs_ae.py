@@ -432,8 +432,9 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runner.setup_logging()
-  command = "python -m aejax.pca_vs_ae " + shlex.join(_typed_argv[1:])
-  config_arg = configs.config_flag_value(_typed_argv) or ""
+  typed = _typed_argv or sys.argv  # main() run without cli(): nothing was resolved.
+  command = "python -m aejax.pca_vs_ae " + shlex.join(typed[1:])
+  config_arg = configs.config_flag_value(typed) or ""
 
   def work():
     configs.check_command(
