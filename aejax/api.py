@@ -4,7 +4,8 @@
     model = aejax.load("runs/conv_vae")           # newest checkpoint; step=N for another
     z = model.encode(images)                      # (N, H, W, C) in [0, 1] -> (N, latent_dim)
     x = model.decode(z)                           # -> (N, H, W, C) in [0, 1]
-    samples = model.generate(64, seed=0)          # VAEs: decoded draws from the prior N(0, I)
+    samples = model.generate(64, seed=0)          # VAEs and zoo models: draws from the prior
+    samples = model.generate(64, sampler="gmm")   # any model: a mixture fitted to its codes
 
 Everything takes and returns NumPy arrays in the data set's image shape and
 [0, 1] range. Conditional models take `labels` (int array, one per image).
@@ -21,7 +22,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aejax import checkpoint, errors, losses, models, parallel, steps
+from aejax import checkpoint, errors, losses, models, parallel, samplers, steps
 from aejax import workdir as workdir_lib
 from aejax.workdir import CONFIG_FILE, RUN_INFO_FILE
 
@@ -45,8 +46,11 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
 class TrainedModel:
   """A trained autoencoder or VAE with NumPy-in, NumPy-out methods."""
 
-  def __init__(self, config: ml_collections.ConfigDict, params, image_shape, step: int, model):
+  def __init__(
+    self, config: ml_collections.ConfigDict, params, image_shape, step: int, model, workdir=None
+  ):
     self.config = config
+    self.workdir = workdir  # Where fitted samplers are cached (None: nowhere).
     self.image_shape = tuple(int(d) for d in image_shape)
     self.step = int(step)
     self.model = model  # A Flax module keeping the model contract (aejax/models.py).
@@ -56,6 +60,7 @@ class TrainedModel:
     self.is_variational = self.model.is_variational
     self._encode = jax.jit(lambda p, x, y: self.model.apply({"params": p}, x, y, method="encode"))
     self._decode = jax.jit(lambda p, z, y: self.model.apply({"params": p}, z, y, method="decode"))
+    self._sample_fn = None
 
   # -- input checks -------------------------------------------------------
 
@@ -158,18 +163,47 @@ class TrainedModel:
     """decode(encode(images)): the deterministic reconstruction (posterior mean for a VAE)."""
     return self.decode(self.encode(images, labels), labels)
 
-  def generate(self, n: int, seed: int = 0, labels=None) -> np.ndarray:
-    """VAEs: n images decoded from z ~ N(0, I) drawn with `seed`."""
-    if not self.is_variational:
-      raise errors.InputError(
-        "generate: a plain autoencoder has no prior to sample from; train a VAE"
-      )
+  @property
+  def can_generate(self) -> bool:
+    """A model with a prior to sample: a VAE (N(0, I)), or a model with its own `sample`."""
+    return hasattr(self.model, "sample") or self.is_variational
+
+  def generate(self, n: int, seed: int = 0, labels=None, sampler: str = "prior") -> np.ndarray:
+    """n images (N, H, W, C) in [0, 1] drawn with `seed` by `sampler` (aejax/samplers.py):
+
+    "prior": the model's prior: its own `sample` hook (a VampPrior, a
+    hierarchy), else z ~ N(0, I) decoded (VAEs); "gmm": a Gaussian mixture
+    fitted to the codes of the training images (Ghosh et al.'s ex-post
+    sampler, any unconditional model, cached in the workdir).
+    """
+    samplers.check_sampler(sampler)
     if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
       raise errors.InputError(f"n: expected a positive integer, got {n!r}")
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or not 0 <= seed < 2**32:
       raise errors.InputError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
-    z = np.asarray(jax.random.normal(jax.random.key(seed), (int(n), self.latent_dim)))
+    if sampler == "gmm":
+      return self.decode(samplers.gmm_latents(self, int(n), int(seed)), labels)
+    if not self.can_generate:
+      raise errors.InputError(
+        f"generate: {self.config.model.name} is a plain autoencoder with no prior to sample "
+        "from; use sampler='gmm' (a mixture fitted to its codes) or train a VAE"
+      )
+    key = jax.random.key(seed)
+    if hasattr(self.model, "sample"):
+      y = self._check_labels(labels, int(n))
+      logits = self._sample(self.params, key, int(n), y)
+      return np.asarray(jax.device_get(jax.nn.sigmoid(logits)))
+    z = np.asarray(jax.random.normal(key, (int(n), self.latent_dim)))
     return self.decode(z, labels)
+
+  def _sample(self, params, key, n: int, labels):
+    """The model's `sample` hook, jitted once per (n, labels given)."""
+    if self._sample_fn is None:
+      self._sample_fn = jax.jit(
+        lambda p, k, n, y: self.model.apply({"params": p}, k, n, y, method="sample"),
+        static_argnums=2,
+      )
+    return self._sample_fn(params, key, n, labels)
 
   def log_likelihood(self, images, latents, labels=None) -> np.ndarray:
     """log p(x | z) of each image under the decoder, summed over pixels: (N,), nats."""
@@ -255,4 +289,4 @@ def load(
       f"does not match the checkpoints in {ckpt_dir}, or they are damaged: {e}"
     ) from e
   manager.close()
-  return TrainedModel(config, state.params, image_shape, int(state.step), model)
+  return TrainedModel(config, state.params, image_shape, int(state.step), model, workdir)

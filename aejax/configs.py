@@ -60,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
   # float32). conv_impl: "auto" (im2col on CPU, XLA's convolution elsewhere), "xla", "im2col".
   c.model.dtype = "float32"
   c.model.conv_impl = "auto"
+  # A zoo model's own hyper-parameters (aejax/zoo/): each model declares its options and their
+  # defaults, and rejects a name it does not know (e.g. model.options.num_pseudo_inputs).
+  c.model.options = ml_collections.ConfigDict()
 
   c.objective = ml_collections.ConfigDict()
   # VAEs: "elbo" (one or num_samples reparameterised samples, analytic KL) or "iwae" (the
@@ -180,6 +183,10 @@ def _is_number(value, kind) -> bool:
   return isinstance(value, int | float) and math.isfinite(value)
 
 
+# Groups whose fields are not aejax's but a model's: the model checks them (aejax/zoo/options.py).
+_FREE_GROUPS = ("model.options",)
+
+
 def _check_fields(c, reference, prefix: str = "") -> None:
   """Every field of `c` exists in the default config, and every default field is in `c`."""
   for name in c.keys():
@@ -190,7 +197,8 @@ def _check_fields(c, reference, prefix: str = "") -> None:
     if isinstance(reference[name], ml_collections.ConfigDict):
       if not isinstance(c[name], ml_collections.ConfigDict):
         _fail(f"{prefix}{name}", f"must be a group of fields, got {c[name]!r}")
-      _check_fields(c[name], reference[name], f"{prefix}{name}.")
+      if f"{prefix}{name}" not in _FREE_GROUPS:
+        _check_fields(c[name], reference[name], f"{prefix}{name}.")
   for name in reference.keys():
     if name not in c:
       _fail(f"{prefix}{name}", "missing; build configs from aejax.configs.default_config()")
@@ -262,7 +270,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
   if not models.is_known_name(c.model.name):
     _fail(
       "model.name",
-      f"unknown model {c.model.name!r}; valid: {', '.join(models.MODELS)}, or an importable "
+      f"unknown model {c.model.name!r}; valid: {', '.join(models.model_names())}, or an importable "
       "builder as 'module.path:function'",
     )
   if c.model.latent_dim < 1:
@@ -418,16 +426,16 @@ def installed_experiments_folder() -> pathlib.Path | None:
 
 
 def resolve_experiment_arg(value: str) -> str:
-  """`--config`'s value, with `experiments/NAME.py[:ARG]` pointing at the installed copy when the
-  working folder has no such file (an installed aejax run from anywhere); else unchanged."""
+  """`--config`'s value, with `experiments/[zoo/]NAME.py[:ARG]` pointing at the installed copy when
+  the working folder has no such file (an installed aejax run from anywhere); else unchanged."""
   path, sep, arg = value.partition(":")
   parts = pathlib.PurePath(path).parts
-  if len(parts) != 2 or parts[0] != EXPERIMENTS_FOLDER or pathlib.Path(path).exists():
+  if len(parts) < 2 or parts[0] != EXPERIMENTS_FOLDER or pathlib.Path(path).exists():
     return value
   folder = installed_experiments_folder()
-  if folder is None or not (folder / parts[1]).is_file():
+  if folder is None or not folder.joinpath(*parts[1:]).is_file():
     return value
-  return f"{folder / parts[1]}{sep}{arg}"
+  return f"{folder.joinpath(*parts[1:])}{sep}{arg}"
 
 
 def config_flag_value(argv: list[str]) -> str | None:

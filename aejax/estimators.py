@@ -94,6 +94,30 @@ def iwae_bounds(
   L_k uses samples 0..k-1, so the bounds are nested (L_5 is made of the first 5
   samples of L_5000) and the smaller k cost nothing extra.
   """
+  return iwae_bounds_of(
+    lambda index_C: _log_weights_at(
+      key, x_BxHxWxC, mean_BxD, logvar_BxD, log_px_given_z_fn, index_C
+    ),
+    mean_BxD.shape[0],
+    ks,
+    chunk_size,
+  )
+
+
+def iwae_bounds_of(
+  log_weights_at: Callable[[jax.Array], jax.Array],
+  batch_size: int,
+  ks: tuple[int, ...],
+  chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> jax.Array:
+  """L_k for every k in `ks` from `log_weights_at(index_C) -> log w (C, B)`: (len(ks), B), nats.
+
+  The samples are drawn `chunk_size` at a time in a lax.scan and folded into a
+  running log-sum-exp per k; `log_weights_at` must make sample i a function of
+  i alone (fold_in(key, i)), so the chunk size changes nothing but rounding.
+  Any model's weights work: the N(0, I)-prior VAE's (`iwae_bounds`) or a
+  model's own `log_weight_terms` hook (a VampPrior, a hierarchy).
+  """
   if not ks or min(ks) < 1 or chunk_size < 1:
     raise errors.InputError(f"iwae_bound: need k >= 1 and chunk_size >= 1, got {ks}, {chunk_size}")
   chunk = min(chunk_size, max(ks))
@@ -103,7 +127,7 @@ def iwae_bounds(
   def step(carry, j):
     max_NxB, sum_NxB = carry
     index_C = j * chunk + jnp.arange(chunk)
-    log_w_CxB = _log_weights_at(key, x_BxHxWxC, mean_BxD, logvar_BxD, log_px_given_z_fn, index_C)
+    log_w_CxB = log_weights_at(index_C)
     # Samples past each k (and past the last chunk's end) get weight 0.
     log_w_NxCxB = jnp.where(index_C[None, :, None] < ks_Nx1x1, log_w_CxB[None], -jnp.inf)
     new_max_NxB = jnp.maximum(max_NxB, jnp.max(log_w_NxCxB, axis=1))
@@ -114,11 +138,11 @@ def iwae_bounds(
     )
     return (new_max_NxB, sum_NxB), None
 
-  shape = (len(ks), mean_BxD.shape[0])
-  init = (jnp.full(shape, -jnp.inf, mean_BxD.dtype), jnp.zeros(shape, mean_BxD.dtype))
+  shape = (len(ks), batch_size)
+  init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32))
   (max_NxB, sum_NxB), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
   shift_NxB = jnp.where(jnp.isfinite(max_NxB), max_NxB, 0.0)
-  return shift_NxB + jnp.log(sum_NxB) - jnp.log(jnp.asarray(ks, mean_BxD.dtype))[:, None]
+  return shift_NxB + jnp.log(sum_NxB) - jnp.log(jnp.asarray(ks, jnp.float32))[:, None]
 
 
 def iwae_bound(
@@ -233,7 +257,26 @@ def make_batch_fn(handle, mesh, ks: Sequence[int], chunk_size: int):
 
     codes = model.apply({"params": params}, x_in, y, method="encode")
     out = {}
-    if handle.is_variational:
+    if handle.is_variational and hasattr(model, "log_weight_terms"):
+      # The model's own prior (a VampPrior, a hierarchy): its hook gives log w of one draw.
+      def terms_at(i):
+        return model.apply(
+          {"params": params}, codes, target, y, jax.random.fold_in(key_iwae, i),
+          method="log_weight_terms",
+        )  # fmt: skip
+
+      def log_weights_at(index_C):
+        terms = jax.vmap(terms_at)(index_C)
+        return terms["log_px_given_z"] + terms["log_pz_minus_log_qz"]
+
+      bounds = iwae_bounds_of(log_weights_at, target.shape[0], tuple(ks), chunk_size)
+      out.update({f"iwae_{k}": bound for k, bound in zip(ks, bounds, strict=True)})
+      one = model.apply({"params": params}, codes, target, y, key_elbo, method="log_weight_terms")
+      # The KL to a non-Gaussian prior has no closed form: its one-sample Monte Carlo estimate.
+      out["recon"], out["kl"] = -one["log_px_given_z"], -one["log_pz_minus_log_qz"]
+      out["mean"], out["logvar"] = codes["mean"], codes["logvar"]
+      code = codes["mean"]
+    elif handle.is_variational:
       mean, logvar = codes["mean"], codes["logvar"]
       # One pass over max(ks) samples gives every L_k (nested: L_5 is the first 5 samples).
       bounds = iwae_bounds(key_iwae, target, mean, logvar, log_px_given_z, tuple(ks), chunk_size)

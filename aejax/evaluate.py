@@ -61,10 +61,13 @@ def _fid_results(
   seed: int,
   load_kwargs: dict,
 ) -> tuple[dict, list[str]]:
-  """`fid` (VAEs: prior samples), `fid_reconstructions` and `fid_features`; or a note why not.
+  """`fid` (prior samples), `fid_gmm`, `fid_reconstructions` and `fid_features`; or why not.
 
   `fid` compares N samples from the prior (the decoder's mean sigmoid(logits),
-  not Bernoulli samples; z drawn with `seed`) with the N evaluation images;
+  not Bernoulli samples; drawn with `seed`) with the N evaluation images, for
+  models with a prior (VAEs, zoo models with a `sample` hook); `fid_gmm` N
+  samples of the ex-post Gaussian mixture fitted to the training codes
+  (unconditional models, aejax/samplers.py);
   `fid_reconstructions` the deterministic reconstructions with the images.
   The features are `extractor`'s, by default those of the small classifier
   aejax trains on the data set's labelled train split (`classifier_steps`,
@@ -94,13 +97,20 @@ def _fid_results(
     features["test_accuracy"] = accuracy
   features["feature_dim"] = int(reference[0].shape[0])
   out = {}
-  if handle.is_variational:
-    # N draws z ~ N(0, I) with the evaluation seed, decoded to the decoder's mean sigmoid(logits)
-    # (not Bernoulli samples); a conditional model gets the evaluation images' labels, so the
-    # classes are as frequent as in the reference.
+  if handle.can_generate:
+    # N draws from the prior (the model's `sample`, else z ~ N(0, I)) with the evaluation seed,
+    # as the decoder's mean sigmoid(logits), not Bernoulli samples; a conditional model gets the
+    # evaluation images' labels, so the classes are as frequent as in the reference.
     labels = eval_set.labels if handle.num_classes else None
     samples = handle.generate(len(eval_set.images), seed=seed, labels=labels)
     out["fid"] = fid_lib.frechet_distance(
+      *fid_lib.feature_statistics(extractor(samples)), *reference
+    )
+  if not handle.num_classes:
+    # Ghosh et al.'s ex-post sampler: a 10-component mixture fitted to the training codes, the
+    # sampler that makes a deterministic autoencoder generative (aejax/samplers.py).
+    samples = handle.generate(len(eval_set.images), seed=seed, sampler="gmm")
+    out["fid_gmm"] = fid_lib.frechet_distance(
       *fid_lib.feature_statistics(extractor(samples)), *reference
     )
   out["fid_reconstructions"] = fid_lib.frechet_distance(
@@ -149,8 +159,10 @@ def evaluate(
   batches of `batch_size` (at most the split's size, rounded up to a multiple
   of the device count; the numbers depend on the seed and the batch size).
 
-  With `fid`: VAEs get `fid` (N prior samples, the decoder's mean, against the
-  N evaluation images) and every model `fid_reconstructions`; `fid_features`
+  With `fid`: models with a prior get `fid` (N prior samples, the decoder's
+  mean, against the N evaluation images), unconditional models `fid_gmm` (N
+  samples of the ex-post mixture of the training codes), every model
+  `fid_reconstructions`; `fid_features`
   names the feature network: `fid_extractor`, by default the classifier aejax
   trains and caches (see `_fid_results` and aejax/fid.py; docs/evaluation.md).
   """
@@ -298,6 +310,11 @@ def _add_variational_results(
       count, _ = estimators.active_units(per_image["mean"])
     results["active_units"] = count
   results["kl_per_dim"] = estimators.kl_per_dim(per_image["mean"], per_image["logvar"]).tolist()
+  if hasattr(handle.model, "log_weight_terms"):
+    notes.append(
+      f"{config.model.name}'s prior is not N(0, I): kl (and so elbo) is a one-sample Monte Carlo "
+      "estimate of KL(q(z|x) || p(z)), while kl_per_dim measures q against N(0, 1) per unit."
+    )
   binary = config.data.dynamic_binarization or bool(
     np.all((eval_set.images == 0.0) | (eval_set.images == 1.0))
   )
@@ -428,6 +445,11 @@ def markdown_table(results: dict) -> str:
       lines.append(
         f"| FID, {n} prior samples (decoder means) vs the {n} images | {_fmt(r['fid'])} | {on} |"
       )
+    if "fid_gmm" in r:
+      lines.append(
+        f"| FID, {n} samples of the ex-post mixture of the training codes vs the {n} images | "
+        f"{_fmt(r['fid_gmm'])} | {on} |"
+      )
     lines.append(
       f"| FID, the {n} reconstructions vs the images | {_fmt(r['fid_reconstructions'])} | {on} |"
     )
@@ -453,7 +475,9 @@ def _define_flags() -> None:
     "chunk_size", estimators.DEFAULT_CHUNK_SIZE, "Importance samples per scan step."
   )
   flags.DEFINE_integer("probe_train_size", 10000, "Training images for the probes (0: none).")
-  flags.DEFINE_bool("fid", True, "FID of samples (VAEs) and reconstructions (see aejax.fid).")
+  flags.DEFINE_bool(
+    "fid", True, "FID of samples (prior, ex-post mixture) and reconstructions (see aejax.fid)."
+  )
   flags.DEFINE_string(
     "fid_cache_dir",
     None,

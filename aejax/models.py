@@ -10,11 +10,18 @@ image_shape) -> module`, where the module has
 - `losses(batch, key, config, kl_weight) -> {name: (B,) array}`: the loss
   terms per image; "loss" is what training minimises and every term becomes
   a metric (train/NAME, eval/NAME);
-- attributes `is_variational` (a posterior and a N(0, I) prior: sampling,
-  NLL bounds), `num_classes` (> 0: conditional) and optionally
-  `extra_param_groups`: names of top-level parameter subtrees (a critic, a
-  discriminator) that are trained on the term `loss_<name>` with their own
-  optimizer state, while the rest is trained on `loss`.
+- attributes `is_variational` (a Gaussian posterior "mean"/"logvar"; without
+  the hooks below also a N(0, I) prior: sampling, NLL bounds), `num_classes`
+  (> 0: conditional) and optionally `extra_param_groups`: names of top-level
+  parameter subtrees (a critic, a discriminator) that are trained on the term
+  `loss_<name>` with their own optimizer state, while the rest is trained on
+  `loss`.
+Optional hooks, for models whose prior is not N(0, I):
+- `sample(key, num_samples, label_B) -> logits` (N, H, W, C): draws from the
+  model's generative model (`generate`, the samples figure, the FID of samples);
+- `log_weight_terms(codes, target, label_B, key) -> {"log_px_given_z": (B,),
+  "log_pz_minus_log_qz": (B,)}`: one draw z ~ q(z|x) with `key` (`codes` is
+  `encode`'s output), nats per image; the IWAE bounds and NLL use it.
 The built-in families are aejax/autoencoder.py and aejax/vae.py. A family
 outside the package is named by its import path, `my_package.my_model:build`.
 """
@@ -68,23 +75,46 @@ def _compute(cfg) -> dict[str, Any]:
   return {"dtype": networks.get_dtype(cfg.get("dtype", "float32")), "conv_impl": impl}
 
 
+NETWORKS = ("dense", "conv")  # The encoder/decoder pairs a zoo model can be built on.
+
+
+def build_networks(
+  cfg, image_shape, encoder_outputs: int, network: str, name: str
+) -> tuple[nn.Module, nn.Module]:
+  """An encoder to `encoder_outputs` numbers and a decoder from `cfg.latent_dim` to logits.
+
+  "dense": MLPs of `cfg.hidden_widths` (the decoder mirrors them); "conv": one
+  stride-2 convolution per `cfg.conv_channels` entry. The zoo builds on these.
+  """
+  compute = _compute(cfg)
+  if network == "dense":
+    widths = tuple(cfg.hidden_widths)
+    enc = networks.DenseEncoder(widths, encoder_outputs, cfg.activation, dtype=compute["dtype"])
+    dec = networks.DenseDecoder(
+      tuple(reversed(widths)), tuple(image_shape), cfg.activation, dtype=compute["dtype"]
+    )
+    return enc, dec
+  if network == "conv":
+    channels = tuple(cfg.conv_channels)
+    _check_divisible(image_shape, len(channels), name)
+    enc = networks.ConvEncoder(channels, encoder_outputs, cfg.activation, **compute)
+    dec = networks.ConvDecoder(channels, tuple(image_shape), cfg.activation, **compute)
+    return enc, dec
+  raise errors.ConfigError(
+    f"config.model.options.network: unknown network {network!r} for model {name!r}; "
+    f"valid: {', '.join(NETWORKS)}"
+  )
+
+
 def _dense(cfg, image_shape, variational):
   out = 2 * cfg.latent_dim if variational else cfg.latent_dim
-  widths = tuple(cfg.hidden_widths)
-  dtype = _compute(cfg)["dtype"]
-  enc = networks.DenseEncoder(widths, out, cfg.activation, dtype=dtype)
-  dec = networks.DenseDecoder(
-    tuple(reversed(widths)), tuple(image_shape), cfg.activation, dtype=dtype
-  )
+  enc, dec = build_networks(cfg, image_shape, out, "dense", cfg.name)
   return _wrap(cfg, enc, dec, image_shape, variational)
 
 
 def _conv(cfg, image_shape, variational, name):
-  channels = tuple(cfg.conv_channels)
-  _check_divisible(image_shape, len(channels), name)
   out = 2 * cfg.latent_dim if variational else cfg.latent_dim
-  enc = networks.ConvEncoder(channels, out, cfg.activation, **_compute(cfg))
-  dec = networks.ConvDecoder(channels, tuple(image_shape), cfg.activation, **_compute(cfg))
+  enc, dec = build_networks(cfg, image_shape, out, "conv", name)
   return _wrap(cfg, enc, dec, image_shape, variational)
 
 
@@ -130,6 +160,28 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, tuple[int, int, int]], nn
 }
 
 
+# The zoo (aejax/zoo/): name -> "module:builder", imported when a config names it, so that
+# `import aejax` stays light and one zoo file never breaks another.
+ZOO: dict[str, str] = {
+  "sparse_ae": "aejax.zoo.sparse_ae:build",
+  "contractive_ae": "aejax.zoo.contractive_ae:build",
+  "rae": "aejax.zoo.rae:build",
+  "aae": "aejax.zoo.aae:build",
+  "wae_mmd": "aejax.zoo.wae_mmd:build",
+  "info_vae": "aejax.zoo.info_vae:build",
+  "vamp_vae": "aejax.zoo.vamp_vae:build",
+  "two_layer_vae": "aejax.zoo.two_layer_vae:build",
+  "miwae": "aejax.zoo.iwae_variants:build_miwae",
+  "piwae": "aejax.zoo.iwae_variants:build_piwae",
+  "ciwae": "aejax.zoo.iwae_variants:build_ciwae",
+}
+
+
+def model_names() -> tuple[str, ...]:
+  """Every built-in model name: the core families, then the zoo."""
+  return (*MODELS, *ZOO)
+
+
 # What a module must have to be trained, evaluated and loaded by aejax.
 CONTRACT = ("encode", "decode", "losses", "is_variational", "num_classes")
 
@@ -144,7 +196,7 @@ def import_builder(name: str, *, trust_model_code: bool) -> Callable[..., nn.Mod
   module_name, _, attr = name.partition(":")
   if not module_name or not attr:
     raise errors.ConfigError(
-      f"config.model.name: unknown model {name!r}; valid: {', '.join(MODELS)}, "
+      f"config.model.name: unknown model {name!r}; valid: {', '.join(model_names())}, "
       "or an importable builder as 'module.path:function'"
     )
   if module_name not in sys.modules and not trust_model_code:
@@ -167,7 +219,7 @@ def import_builder(name: str, *, trust_model_code: bool) -> Callable[..., nn.Mod
 
 def is_known_name(name: str) -> bool:
   """A built-in model, or a name of the importable form (checked when it is built)."""
-  return name in MODELS or (":" in name and all(name.partition(":")[::2]))
+  return name in MODELS or name in ZOO or (":" in name and all(name.partition(":")[::2]))
 
 
 def build_model(
@@ -184,7 +236,10 @@ def build_model(
     raise errors.ConfigError(f"config.model.latent_dim must be >= 1, got {model_config.latent_dim}")
   if name in MODELS:
     return MODELS[name](model_config, tuple(image_shape))
-  builder = import_builder(name, trust_model_code=trust_model_code)
+  if name in ZOO:  # aejax's own code: always trusted.
+    builder = import_builder(ZOO[name], trust_model_code=True)
+  else:
+    builder = import_builder(name, trust_model_code=trust_model_code)
   model = builder(model_config, tuple(image_shape))
   missing = [a for a in CONTRACT if not hasattr(model, a)]
   if not isinstance(model, nn.Module) or missing:

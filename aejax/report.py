@@ -35,17 +35,22 @@ METRICS_PNG = "metrics.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
 SAMPLES_PNG = "samples.png"
 
-# (key, title, digits): the table's columns, from eval_results.json except the last two.
+# (key, title, digits): the table's columns, from eval_results.json except the last three.
 METRICS = (
   ("nll", "test NLL (nats)", 2),
   ("elbo", "test ELBO (nats)", 2),
   ("recon", "reconstruction -log p(x|z) (nats)", 2),
   ("kl", "KL (nats)", 2),
   ("active_units", "active units", 1),
+  ("bce_per_pixel", "reconstruction BCE per pixel", 4),
+  ("mse", "reconstruction MSE per pixel", 4),
   ("linear_probe_accuracy", "linear-probe accuracy", 3),
-  ("fid", "FID", 2),
+  ("fid", "FID, prior samples", 2),
+  ("fid_gmm", "FID, ex-post GMM samples", 2),
+  ("fid_reconstructions", "FID, reconstructions", 2),
   ("num_params", "parameters", 0),
   ("train_seconds", "training time (s)", 0),
+  ("train_images_per_second", "training images/s", 0),
 )
 NUM_IMAGES = 10  # Columns of the contact sheets.
 
@@ -122,6 +127,11 @@ def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
     if train_attempts:
       # A vmapped group's wall time is shared: each of its members is charged its share.
       metrics["train_seconds"] = sum(a["seconds"] / len(a["group"]) for a in train_attempts)
+      if final is not None and final.get("step") and metrics["train_seconds"] > 0:
+        # Wall-clock throughput of the whole training attempt (compilation, evaluations and
+        # checkpoints included), the member's share of its group's time.
+        images = final["step"] * config.batch_size
+        metrics["train_images_per_second"] = images / metrics["train_seconds"]
     if info is not None:
       try:
         metrics["num_params"] = count_parameters(config, info["image_shape"])
@@ -292,8 +302,11 @@ def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequenc
     if not recon_rows:
       recon_rows["test images"] = images
     recon_rows[label] = handle.reconstruct(images)
-    if handle.is_variational and not handle.num_classes:
-      sample_rows[label] = handle.generate(NUM_IMAGES, seed=0)
+    if handle.can_generate and not handle.num_classes:
+      sample_rows[f"{label}, prior"] = handle.generate(NUM_IMAGES, seed=0)
+    elif not handle.num_classes:
+      # A model without a prior is sampled through a mixture fitted to its training codes.
+      sample_rows[f"{label}, ex-post GMM"] = handle.generate(NUM_IMAGES, seed=0, sampler="gmm")
     if handle.is_variational and handle.latent_dim == 2 and not handle.num_classes:
       all_images, labels = _test_images(run["config"], cache, None)
       slug = _slug(row["configuration"])
@@ -323,7 +336,8 @@ def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequenc
     figures.save_reconstructions(
       sweep_dir / SAMPLES_PNG,
       sample_rows,
-      title="Samples from the prior N(0, I) (decoder mean), one row per configuration",
+      title="Samples (decoder mean) from each model's prior, or from the ex-post Gaussian "
+      "mixture of its training codes where it has none; one row per configuration",
       max_images=NUM_IMAGES,
     )
     written["samples"] = SAMPLES_PNG

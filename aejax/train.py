@@ -172,15 +172,20 @@ def write_figures(run_dir, model, params, config, eval_data, keys, step: int) ->
     _figure_rows(config.task.name, batch, output),
     title=f"Reconstructions: {name}",
   )
-  if model.is_variational:
-    z = jax.random.normal(keys["figure_samples"], (64, config.model.latent_dim))
+  if hasattr(model, "sample") or model.is_variational:
     # A conditional model cycles through the classes: 64 samples, class = index mod K.
     labels = jnp.arange(64) % config.model.num_classes if config.model.num_classes else None
-    logits = model.apply({"params": params}, z, labels, method=model.decode)
+    if hasattr(model, "sample"):  # The model's own prior (aejax/models.py).
+      logits = model.apply({"params": params}, keys["figure_samples"], 64, labels, method="sample")
+      prior = "the model's prior"
+    else:
+      z = jax.random.normal(keys["figure_samples"], (64, config.model.latent_dim))
+      logits = model.apply({"params": params}, z, labels, method=model.decode)
+      prior = "the prior N(0, I)"
     written["figures/samples"] = figures.save_image_grid(
       pathlib.Path(run_dir) / "samples.png",
       np.asarray(jax.nn.sigmoid(logits)),
-      title=f"Samples from the prior N(0, I): {name}",
+      title=f"Samples from {prior}: {name}",
     )
   return written
 

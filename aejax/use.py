@@ -2,7 +2,8 @@
 
   python -m aejax.use encode --workdir=W (--images=x.npy | --data=mnist [--split=test]) --out=z.npy
   python -m aejax.use decode --workdir=W --latents=z.npy --out=x.npy [--png=x.png]
-  python -m aejax.use generate --workdir=W --n=64 [--seed=0] [--label=3] --out=s.npy [--png=s.png]
+  python -m aejax.use generate --workdir=W --n=64 [--seed=0] [--label=3] [--sampler=gmm] \
+    --out=s.npy [--png=s.png]
   python -m aejax.use reconstruct --workdir=W (--images=x.npy | --data=NAME) --out=r.npy [--png=P]
   python -m aejax.use figures --workdir=W [--data=NAME --split=SPLIT]
   python -m aejax.use task_metrics --workdir=W --data=fashion_mnist [--name=NAME]
@@ -19,7 +20,7 @@ import pathlib
 import numpy as np
 from absl import app, flags
 
-from aejax import api, data, errors, figures, runner, visualize
+from aejax import api, data, errors, figures, runner, samplers, visualize
 
 
 def _load_images(args, handle: api.TrainedModel):
@@ -72,6 +73,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer("limit", 0, "> 0: the first N images of --data only.")
   flags.DEFINE_integer("n", 64, "generate: number of samples.")
   flags.DEFINE_integer("seed", 0, "generate: the seed of the latent draws.")
+  flags.DEFINE_enum(
+    "sampler", "prior", samplers.SAMPLERS,
+    "generate: 'prior' (the model's prior) or 'gmm' (a mixture fitted to the training codes).",
+  )  # fmt: skip
   flags.DEFINE_integer("label", None, "generate: the class of a conditional model's samples.")
   flags.DEFINE_string("name", None, "task_metrics: the output files' name.")
   flags.DEFINE_bool(
@@ -111,12 +116,14 @@ def use(command: str, args) -> None:
         if args.label is not None
         else np.arange(args.n, dtype=np.int32) % handle.num_classes
       )
-    images = handle.generate(args.n, args.seed, labels)
+    images = handle.generate(args.n, args.seed, labels, sampler=args.sampler)
     _save(args.out, images)
     if args.png:
       what = "" if labels is None else f", class {args.label}" if args.label is not None else ""
       figures.save_image_grid(
-        args.png, images, title=f"{args.n} samples from the prior (seed {args.seed}{what}): {model}"
+        args.png,
+        images,
+        title=f"{args.n} samples, sampler {args.sampler} (seed {args.seed}{what}): {model}",
       )
   elif command == "reconstruct":
     images, labels = _load_images(args, handle)

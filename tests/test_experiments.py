@@ -18,6 +18,10 @@ from aejax import configs, data, errors, metrics, train, visualize
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # experiments/__init__.py makes the folder the installed package aejax.experiments; not a config.
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if p.stem != "__init__")
+# The model zoo's experiments (experiments/zoo/): checked here, trained by tests/test_zoo.py.
+ZOO_EXPERIMENTS = sorted(
+  p for p in (ROOT / "experiments" / "zoo").glob("*.py") if p.stem != "__init__"
+)
 REQUIRED = {
   "quickstart",
   "lesson_conv_ae",
@@ -42,7 +46,11 @@ def test_required_experiments_exist():
   assert REQUIRED <= {p.stem for p in EXPERIMENTS}
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def _id(path: pathlib.Path) -> str:
+  return path.relative_to(ROOT / "experiments").with_suffix("").as_posix()
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS + ZOO_EXPERIMENTS, ids=_id)
 def test_config_loads_and_validates(path):
   module = load_experiment(path)
   doc = module.__doc__ or ""
@@ -168,13 +176,13 @@ PROGRAMS = {
 }
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXPERIMENTS + ZOO_EXPERIMENTS, ids=_id)
 def test_docstring_command_is_the_program_that_runs_the_config(path):
   module = load_experiment(path)
   command = " ".join(module.__doc__.split("Command:", 1)[1].replace("\\\n", " ").split())
   program = next((p for p in PROGRAMS if p in command), None)
   assert program is not None, f"{path.name}: its command names none of {list(PROGRAMS)}"
-  assert f"--config=experiments/{path.name}" in command
+  assert f"--config=experiments/{_id(path)}.py" in command
   assert configs.command_for(module.get_config("tiny")) == PROGRAMS[program]
 
 
