@@ -15,7 +15,12 @@ image_shape) -> module`, where the module has
   (> 0: conditional) and optionally `extra_param_groups`: names of top-level
   parameter subtrees (a critic, a discriminator) that are trained on the term
   `loss_<name>` with their own optimizer state, while the rest is trained on
-  `loss`.
+  `loss`; and optionally `state_param_groups`: names of top-level parameter
+  subtrees that no gradient trains (an exponential-moving-average codebook),
+  with a method `update_state(batch, key, config) -> {name: new subtree}` that
+  the step calls on its batch with the parameters before the step; the new
+  values replace the old ones when the step is applied (a non-finite step
+  keeps them).
 Optional hooks, for models whose prior is not N(0, I):
 - `sample(key, num_samples, label_B) -> logits` (N, H, W, C): draws from the
   model's generative model (`generate`, the samples figure, the FID of samples);

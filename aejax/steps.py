@@ -113,30 +113,42 @@ def param_groups(model) -> tuple[str, ...]:
   return tuple(getattr(model, "extra_param_groups", ()))
 
 
+def state_groups(model) -> tuple[str, ...]:
+  """The model's parameter groups that `update_state` replaces each step instead of a gradient
+  (an exponential-moving-average codebook): see aejax/models.py."""
+  return tuple(getattr(model, "state_param_groups", ()))
+
+
 def make_optimizer(
   model, config, total_steps: int, steps_per_epoch: int, learning_rate=None
 ) -> optax.GradientTransformation:
   """config.optimizer for the model's parameters, and a copy with its own state for each extra
-  parameter group. Without extra groups it is exactly optim.make_optimizer (the optimizer state
-  of every checkpoint written so far)."""
+  parameter group; a state group gets no update from it (and holds no optimizer state). Without
+  extra or state groups it is exactly optim.make_optimizer (the optimizer state of every
+  checkpoint written so far)."""
   make = functools.partial(
     optim.make_optimizer, config.optimizer, total_steps, steps_per_epoch, learning_rate
   )
-  groups = param_groups(model)
-  if not groups:
+  groups, held = param_groups(model), state_groups(model)
+  if not groups and not held:
     return make()
   transforms = {"model": make(), **{group: make() for group in groups}}
+  transforms.update({group: optax.set_to_zero() for group in held})
+  own = set(groups) | set(held)
   return optax.multi_transform(
-    transforms, lambda params: {name: name if name in groups else "model" for name in params}
+    transforms, lambda params: {name: name if name in own else "model" for name in params}
   )
 
 
 def _grads_and_metrics(state, batch, key, beta, *, model, config):
-  """The gradient of the batch-mean loss and the batch-mean metrics (with grad_norm).
+  """The gradient of the batch-mean loss, the batch-mean metrics (with grad_norm) and the new
+  values of the model's state groups.
 
   An extra parameter group g gets the gradient of its own term `loss_<g>`
   instead, and the rest of the parameters that of `loss`: each player of an
-  adversarial pair descends its own objective on the same batch.
+  adversarial pair descends its own objective on the same batch. A state group
+  takes the value `update_state` computes from the same batch and the
+  parameters before the step (its gradient is dropped).
   """
   kl_weight = losses.kl_weight(state.step, beta, config.objective.kl_warmup_steps)
 
@@ -153,25 +165,41 @@ def _grads_and_metrics(state, batch, key, beta, *, model, config):
   for group in param_groups(model):
     group_grads, _ = jax.grad(loss_fn, has_aux=True)(state.params, f"loss_{group}")
     grads = {**grads, group: group_grads[group]}
+  held = state_groups(model)
+  new_groups = {}
+  if held:
+    new_groups = model.apply(
+      {"params": state.params}, batch, key, config, method="update_state"
+    )
+    if set(new_groups) != set(held):
+      raise errors.ConfigError(
+        f"config.model.name: {config.model.name!r} declares the state groups {sorted(held)} but "
+        f"its update_state() returns {sorted(new_groups)}"
+      )
+    grads = {**grads, **{group: jax.tree.map(jnp.zeros_like, grads[group]) for group in held}}
   metrics = {name: value.mean() for name, value in terms.items()}
   metrics["grad_norm"] = optax.tree.norm(grads)
   if model.is_variational:
     metrics["kl_weight"] = kl_weight
-  return grads, metrics
+  return grads, metrics, new_groups
 
 
-def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation) -> TrainState:
+def _apply_gradients(
+  state: TrainState, grads, tx: optax.GradientTransformation, new_groups=None
+) -> TrainState:
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if new_groups:
+    params = {**params, **new_groups}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
 
 def train_step(state, batch, key, *, model, tx, config):
   """One optimizer step on the global batch; returns the new state and batch-mean metrics."""
-  grads, metrics = _grads_and_metrics(
+  grads, metrics, new_groups = _grads_and_metrics(
     state, batch, key, config.objective.beta, model=model, config=config
   )
-  return _apply_gradients(state, grads, tx), metrics
+  return _apply_gradients(state, grads, tx, new_groups), metrics
 
 
 def make_train_step(model, tx, config, mesh: Mesh):
@@ -204,15 +232,19 @@ def guarded_train_step(state, batch, key, hp, *, model, tx, config):
   stay as they were (the step counter still advances, so the data position
   and keys move on) and `nonfinite` says what went bad (NONFINITE_* bits).
   """
-  grads, metrics = _grads_and_metrics(state, batch, key, hp["beta"], model=model, config=config)
+  grads, metrics, new_groups = _grads_and_metrics(
+    state, batch, key, hp["beta"], model=model, config=config
+  )
   bad_loss = ~jnp.isfinite(metrics["loss"])
   bad_grads = ~jnp.isfinite(metrics["grad_norm"])  # The global norm is NaN/inf iff a leaf is.
+  if new_groups:  # A non-finite state update counts as a non-finite gradient.
+    bad_grads |= ~jnp.isfinite(optax.tree.norm(new_groups))
   finite = ~(bad_loss | bad_grads)
   # A conditional, not a select of new against old: only one branch runs, so a finite step
   # costs what train_step costs (docs/performance.md measures the difference).
   new_state = jax.lax.cond(
     finite,
-    lambda: _apply_gradients(state, grads, tx),
+    lambda: _apply_gradients(state, grads, tx, new_groups),
     lambda: state.replace(step=state.step + 1),
   )
   nonfinite = bad_loss.astype(jnp.int32) * NONFINITE_LOSS + bad_grads.astype(jnp.int32) * (

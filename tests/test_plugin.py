@@ -53,7 +53,7 @@ def test_each_parameter_group_descends_its_own_loss(monkeypatch):
   x = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1))
   batch, key = {"input": x, "target": x}, jax.random.key(2)
 
-  grads, metrics = steps._grads_and_metrics(state, batch, key, 1.0, model=model, config=c)
+  grads, metrics, _ = steps._grads_and_metrics(state, batch, key, 1.0, model=model, config=c)
 
   def mean_term(params, name):
     return objectives.per_image_losses(model, params, batch, key, c, jnp.float32(1.0))[name].mean()
@@ -79,6 +79,47 @@ def test_each_parameter_group_descends_its_own_loss(monkeypatch):
   broken = NoCriticLoss(model.latent_dim, model.output_shape)
   with pytest.raises(errors.ConfigError, match="returns no 'loss_critic' term"):
     steps._grads_and_metrics(state, batch, key, 1.0, model=broken, config=c)
+
+
+def test_a_state_group_takes_update_state_and_no_gradient(monkeypatch):
+  """A state group (an EMA codebook's kind) is replaced by update_state on the step's batch;
+  its gradient is dropped, it holds no optimizer state, and a non-finite step keeps it."""
+  monkeypatch.syspath_prepend(PLUGINS)
+  c = tiny_digits_config(total_steps=4)
+  c.model.name, c.model.latent_dim = "running_mean_ae:build", 2
+  model = models.build_model(c.model, (8, 8, 1), trust_model_code=True)
+  tx = steps.make_optimizer(model, c, 4, 1)
+  state = steps.create_train_state(model, tx, (8, 8, 1), jax.random.key(0), parallel.make_mesh())
+  assert float(state.params["running"]["mean"]) == 0.0
+  moments = jax.tree.leaves(state.opt_state)
+  assert sum(x.size for x in moments) < 3 * steps.count_params(state.params)  # Adam: 2 per param.
+  key = jax.random.key(2)
+  want = 0.0
+  for i in range(3):
+    x = jax.random.uniform(jax.random.fold_in(key, i), (16, 8, 8, 1))
+    before = state.params
+    state, metrics = steps.train_step(state, {"input": x, "target": x}, key, model=model, tx=tx,
+                                      config=c)  # fmt: skip
+    want = 0.9 * want + 0.1 * float(np.mean(np.asarray(x)))
+    np.testing.assert_allclose(float(state.params["running"]["mean"]), want, rtol=1e-6)
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), before, state.params))
+    assert max(float(m) for m in moved) > 0  # The encoder and decoder still train.
+  # A non-finite batch skips the whole update, the state group's included.
+  nan = jnp.full((16, 8, 8, 1), jnp.nan)
+  kept, _, finite, _ = steps.guarded_train_step(
+    state, {"input": nan, "target": nan}, key, steps.hparams(c), model=model, tx=tx, config=c
+  )
+  assert not bool(finite)
+  np.testing.assert_allclose(float(kept.params["running"]["mean"]), want, rtol=1e-6)
+
+  class WrongGroups(type(model)):
+    def update_state(self, batch, key, config):
+      return {"elsewhere": {}}
+
+  broken = WrongGroups(model.latent_dim, model.output_shape)
+  x = jnp.zeros((16, 8, 8, 1))
+  with pytest.raises(errors.ConfigError, match="declares the state groups"):
+    steps._grads_and_metrics(state, {"input": x, "target": x}, key, 1.0, model=broken, config=c)
 
 
 def _train_cli(workdir, **popen):
