@@ -168,9 +168,7 @@ def _grads_and_metrics(state, batch, key, beta, *, model, config):
   held = state_groups(model)
   new_groups = {}
   if held:
-    new_groups = model.apply(
-      {"params": state.params}, batch, key, config, method="update_state"
-    )
+    new_groups = model.apply({"params": state.params}, batch, key, config, method="update_state")
     if set(new_groups) != set(held):
       raise errors.ConfigError(
         f"config.model.name: {config.model.name!r} declares the state groups {sorted(held)} but "
