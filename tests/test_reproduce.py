@@ -1,0 +1,48 @@
+"""scripts/reproduce.py --zoo: its published rows agree with the experiments' docstrings, and the
+table is computed from the runs' results (mean and sample std over seeds, the share of the run)."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _reproduce():
+  spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+reproduce = _reproduce()
+
+
+@pytest.mark.parametrize("row", reproduce.ZOO_ROWS, ids=lambda r: r.label)
+def test_each_published_row_is_cited_by_its_experiment(row):
+  """The number in the table is the number the experiment's docstring measures itself against."""
+  path = ROOT / "experiments" / row.experiment.partition(":")[0]
+  module_doc = path.read_text().split('"""')[1]
+  assert f"{row.published:.2f}" in module_doc, f"{path.name} does not cite {row.published}"
+  # The paper's run, in steps, from the experiment's full configuration.
+  assert reproduce.paper_steps(row) > 100_000
+
+
+def test_the_zoo_row_is_the_mean_and_sample_std_over_seeds(tmp_path):
+  for seed, nll in enumerate((90.0, 91.0, 95.0)):
+    run = tmp_path / f"seed={seed}"
+    run.mkdir()
+    (run / "eval_results.json").write_text(json.dumps({"nll": nll, "step": 3000 + seed}))
+  (tmp_path / "unfinished").mkdir()  # No eval_results.json: not counted.
+  seeds = reproduce.read_seed_results(tmp_path)
+  assert [s["nll"] for s in seeds] == [90.0, 91.0, 95.0]
+  row = reproduce.PublishedRow("m", "zoo/miwae.py", 84.97, "src", "proto")
+  line = reproduce.zoo_table_row(row, seeds, 600_000)
+  std = np.std([90.0, 91.0, 95.0], ddof=1)
+  assert f"92.00 ± {std:.2f} (n=3)" in line
+  assert "+7.03" in line  # measured - published
+  assert "3,000 of 600,000 (0.50%)" in line  # the shortest seed's steps
+  assert "not measured" in reproduce.zoo_table_row(row, [], 600_000)
