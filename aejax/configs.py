@@ -51,8 +51,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.hidden_widths = (512,)  # Dense models; the decoder mirrors them.
   c.model.conv_channels = (32, 64)  # Conv models: one stride-2 conv per entry.
   c.model.activation = "relu"
-  c.model.likelihood = "bernoulli"  # bernoulli (sigmoid cross-entropy) or gaussian.
-  c.model.log_scale = 0.0  # Gaussian: log standard deviation (fixed, or the initial value).
+  # bernoulli (sigmoid cross-entropy), gaussian, or discretized_logistic (8-bit levels k / 255).
+  c.model.likelihood = "bernoulli"
+  # gaussian: log standard deviation; discretized_logistic: log of the logistic's scale, in the
+  # image's [0, 1] units. Fixed, or the initial value with learn_log_scale.
+  c.model.log_scale = 0.0
   c.model.learn_log_scale = False
   c.model.num_classes = 0  # > 0: conditional model (one-hot label into encoder and decoder).
   # How the model computes, never what its parameters are (aejax/models.py): "float32", or
