@@ -6,6 +6,7 @@
     x = model.decode(z)                           # -> (N, H, W, C) in [0, 1]
     samples = model.generate(64, seed=0)          # VAEs and zoo models: draws from the prior
     samples = model.generate(64, sampler="gmm")   # any model: a mixture fitted to its codes
+    samples = model.generate(64, sampler="two_stage")  # or a second VAE fitted to them
 
 Everything takes and returns NumPy arrays in the data set's image shape and
 [0, 1] range. Conditional models take `labels` (int array, one per image).
@@ -174,19 +175,21 @@ class TrainedModel:
     "prior": the model's prior: its own `sample` hook (a VampPrior, a
     hierarchy), else z ~ N(0, I) decoded (VAEs); "gmm": a Gaussian mixture
     fitted to the codes of the training images (Ghosh et al.'s ex-post
-    sampler, any unconditional model, cached in the workdir).
+    sampler, any unconditional model, cached in the workdir); "two_stage": a
+    second VAE fitted to those codes (Dai & Wipf's second stage, likewise).
     """
     samplers.check_sampler(sampler)
     if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
       raise errors.InputError(f"n: expected a positive integer, got {n!r}")
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or not 0 <= seed < 2**32:
       raise errors.InputError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
-    if sampler == "gmm":
-      return self.decode(samplers.gmm_latents(self, int(n), int(seed)), labels)
+    if sampler in samplers.EX_POST:
+      return self.decode(samplers.ex_post_latents(self, sampler, int(n), int(seed)), labels)
     if not self.can_generate:
       raise errors.InputError(
         f"generate: {self.config.model.name} is a plain autoencoder with no prior to sample "
-        "from; use sampler='gmm' (a mixture fitted to its codes) or train a VAE"
+        "from; use sampler='gmm' (a mixture fitted to its codes), sampler='two_stage' (a second "
+        "VAE fitted to them) or train a VAE"
       )
     key = jax.random.key(seed)
     if hasattr(self.model, "sample"):

@@ -18,10 +18,12 @@ from aejax import (
   data,
   errors,
   estimators,
+  losses,
   parallel,
   probes,
   progress,
   runner,
+  samplers,
 )
 from aejax import fid as fid_lib  # `fid` is evaluate()'s switch.
 from aejax import workdir as workdir_lib
@@ -51,6 +53,50 @@ def _check_positive(name: str, value, allow_zero: bool = False) -> None:
     )
 
 
+# What each sampler's FID line in eval_results.md says its samples are.
+SAMPLER_DESCRIPTIONS = {
+  "gmm": "samples of the ex-post mixture of the training codes",
+  "two_stage": "samples of the second-stage VAE of the training codes",
+}
+
+
+def fid_samplers(handle) -> tuple[str, ...]:
+  """The samplers besides the prior whose FID `evaluate` reports, as `fid_<name>`.
+
+  "gmm" for every unconditional model whose `ex_post_samplers` allows it
+  (Ghosh et al.'s ex-post mixture, what makes a deterministic autoencoder
+  generative), then each of the model's own `fid_samplers` (a two_stage_vae's
+  "two_stage"), each once.
+  """
+  names = []
+  if not handle.num_classes and "gmm" in samplers.ex_post_samplers(handle.model):
+    names.append("gmm")
+  for name in getattr(handle.model, "fid_samplers", ()):
+    if name not in names:
+      names.append(name)
+  return tuple(names)
+
+
+def _sample_fids(handle, eval_set: data.ImageSet, extractor, reference, seed: int) -> dict:
+  """`fid` of N prior samples (models with a prior), `fid_<sampler>` of each of fid_samplers.
+
+  The samples are the decoder's mean sigmoid(logits), not Bernoulli draws,
+  drawn with the evaluation seed; a conditional model's prior gets the
+  evaluation images' labels, so the classes are as frequent as in the reference.
+  """
+  n, out = len(eval_set.images), {}
+
+  def fid_of(samples):
+    return fid_lib.frechet_distance(*fid_lib.feature_statistics(extractor(samples)), *reference)
+
+  if handle.can_generate:
+    labels = eval_set.labels if handle.num_classes else None
+    out["fid"] = fid_of(handle.generate(n, seed=seed, labels=labels))
+  for name in fid_samplers(handle):
+    out[f"fid_{name}"] = fid_of(handle.generate(n, seed=seed, sampler=name))
+  return out
+
+
 def _fid_results(
   handle,
   eval_set: data.ImageSet,
@@ -61,13 +107,14 @@ def _fid_results(
   seed: int,
   load_kwargs: dict,
 ) -> tuple[dict, list[str]]:
-  """`fid` (prior samples), `fid_gmm`, `fid_reconstructions` and `fid_features`; or why not.
+  """`fid` (prior samples), `fid_<sampler>`, `fid_reconstructions` and `fid_features`; or why not.
 
   `fid` compares N samples from the prior (the decoder's mean sigmoid(logits),
   not Bernoulli samples; drawn with `seed`) with the N evaluation images, for
   models with a prior (VAEs, zoo models with a `sample` hook); `fid_gmm` N
   samples of the ex-post Gaussian mixture fitted to the training codes
-  (unconditional models, aejax/samplers.py);
+  (unconditional models, aejax/samplers.py), `fid_two_stage` those of a
+  two_stage_vae's second stage (see `fid_samplers`);
   `fid_reconstructions` the deterministic reconstructions with the images.
   The features are `extractor`'s, by default those of the small classifier
   aejax trains on the data set's labelled train split (`classifier_steps`,
@@ -96,23 +143,7 @@ def _fid_results(
   if accuracy is not None:
     features["test_accuracy"] = accuracy
   features["feature_dim"] = int(reference[0].shape[0])
-  out = {}
-  if handle.can_generate:
-    # N draws from the prior (the model's `sample`, else z ~ N(0, I)) with the evaluation seed,
-    # as the decoder's mean sigmoid(logits), not Bernoulli samples; a conditional model gets the
-    # evaluation images' labels, so the classes are as frequent as in the reference.
-    labels = eval_set.labels if handle.num_classes else None
-    samples = handle.generate(len(eval_set.images), seed=seed, labels=labels)
-    out["fid"] = fid_lib.frechet_distance(
-      *fid_lib.feature_statistics(extractor(samples)), *reference
-    )
-  if not handle.num_classes:
-    # Ghosh et al.'s ex-post sampler: a 10-component mixture fitted to the training codes, the
-    # sampler that makes a deterministic autoencoder generative (aejax/samplers.py).
-    samples = handle.generate(len(eval_set.images), seed=seed, sampler="gmm")
-    out["fid_gmm"] = fid_lib.frechet_distance(
-      *fid_lib.feature_statistics(extractor(samples)), *reference
-    )
+  out = _sample_fids(handle, eval_set, extractor, reference, seed)
   out["fid_reconstructions"] = fid_lib.frechet_distance(
     *fid_lib.feature_statistics(extractor(reconstructions)), *reference
   )
@@ -149,6 +180,8 @@ def evaluate(
   `active_units`, `kl_per_dim`. Gaussian decoders on 8-bit data also get
   `bits_per_dim`, from a second IWAE pass on uniformly dequantised images
   y = (k + u) / 256: (nll(y) / D + log 256) / log 2 (see `bits_per_dim`).
+  Discrete likelihoods (discretized_logistic; bernoulli on binary or binarized
+  data) get `nll_bits_per_dim` = nll / (D log 2), D = pixels x channels.
   All models: `recon` (for an AE, -log p(x|z) of its code), `bce_per_pixel`,
   `mse` (per pixel), `psnr` (dB), `ssim` of the deterministic reconstruction,
   and with labels (not for conditional models, whose encoder sees the label)
@@ -161,8 +194,9 @@ def evaluate(
 
   With `fid`: models with a prior get `fid` (N prior samples, the decoder's
   mean, against the N evaluation images), unconditional models `fid_gmm` (N
-  samples of the ex-post mixture of the training codes), every model
-  `fid_reconstructions`; `fid_features`
+  samples of the ex-post mixture of the training codes), models with
+  `fid_samplers` `fid_<name>` for each (a two_stage_vae's `fid_two_stage`),
+  every model `fid_reconstructions`; `fid_features`
   names the feature network: `fid_extractor`, by default the classifier aejax
   trains and caches (see `_fid_results` and aejax/fid.py; docs/evaluation.md).
   """
@@ -325,6 +359,20 @@ def _add_variational_results(
     )
   if config.data.dynamic_binarization:
     notes.append("targets dynamically binarized: one fixed Bernoulli draw per image (the seed).")
+  if config.model.likelihood == "discretized_logistic" or (
+    config.model.likelihood == "bernoulli" and binary
+  ):
+    # A likelihood of the discrete pixels themselves: -L_k is (an upper bound on) -log P(x) of
+    # the data as stored, so it converts to bits/dim with no dequantisation (unlike the
+    # Gaussian's bits_per_dim below).
+    results["nll_bits_per_dim"] = losses.discrete_bits_per_dim(nll, math.prod(handle.image_shape))
+    if config.model.likelihood == "discretized_logistic" and not (
+      binary or estimators.is_8bit(eval_set.images)
+    ):
+      notes.append(
+        "the images are not 8-bit grey levels k/255: the discretized logistic scores each pixel "
+        "rounded to the nearest level, so nll is of the rounded images."
+      )
   if config.model.likelihood == "gaussian":
     if config.data.dynamic_binarization or not estimators.is_8bit(eval_set.images):
       notes.append(
@@ -403,6 +451,11 @@ def markdown_table(results: dict) -> str:
       f"| reconstruction -log p(x\\|z), z ~ q(z\\|x) | {_fmt(r['recon'])} | nats per image |",
       f"| KL(q(z\\|x) \\|\\| N(0, I)) | {_fmt(r['kl'])} | nats per image |",
     ]
+    if "nll_bits_per_dim" in r:
+      lines.append(
+        f"| NLL / (D log 2), D = pixels x channels | {_fmt(r['nll_bits_per_dim'], digits=4)} | "
+        "bits per dimension |"
+      )
     for k, value in r["iwae_bound_k"].items():
       lines.append(f"| IWAE bound L_{k} | {_fmt(value)} | nats per image |")
     if "bits_per_dim" in r:
@@ -445,11 +498,9 @@ def markdown_table(results: dict) -> str:
       lines.append(
         f"| FID, {n} prior samples (decoder means) vs the {n} images | {_fmt(r['fid'])} | {on} |"
       )
-    if "fid_gmm" in r:
-      lines.append(
-        f"| FID, {n} samples of the ex-post mixture of the training codes vs the {n} images | "
-        f"{_fmt(r['fid_gmm'])} | {on} |"
-      )
+    for name, what in SAMPLER_DESCRIPTIONS.items():
+      if f"fid_{name}" in r:
+        lines.append(f"| FID, {n} {what} vs the {n} images | {_fmt(r[f'fid_{name}'])} | {on} |")
     lines.append(
       f"| FID, the {n} reconstructions vs the images | {_fmt(r['fid_reconstructions'])} | {on} |"
     )
@@ -476,7 +527,7 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer("probe_train_size", 10000, "Training images for the probes (0: none).")
   flags.DEFINE_bool(
-    "fid", True, "FID of samples (prior, ex-post mixture) and reconstructions (see aejax.fid)."
+    "fid", True, "FID of samples (prior, ex-post samplers) and reconstructions (see aejax.fid)."
   )
   flags.DEFINE_string(
     "fid_cache_dir",

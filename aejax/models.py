@@ -20,7 +20,11 @@ image_shape) -> module`, where the module has
   with a method `update_state(batch, key, config) -> {name: new subtree}` that
   the step calls on its batch with the parameters before the step; the new
   values replace the old ones when the step is applied (a non-finite step
-  keeps them).
+  keeps them). Optionally `ex_post_samplers`: the samplers of aejax/samplers.py
+  fitted to its codes after training ("gmm", "two_stage") that apply to it
+  (default: all; `()` for a code that is not continuous, a VQ-VAE's code
+  indices), and `fid_samplers`: samplers whose FID `aejax.evaluate` reports as
+  `fid_<name>` besides the prior's `fid`.
 Optional hooks, for models whose prior is not N(0, I):
 - `sample(key, num_samples, label_B) -> logits` (N, H, W, C): draws from the
   model's generative model (`generate`, the samples figure, the FID of samples);
@@ -179,6 +183,7 @@ ZOO: dict[str, str] = {
   "miwae": "aejax.zoo.iwae_variants:build_miwae",
   "piwae": "aejax.zoo.iwae_variants:build_piwae",
   "ciwae": "aejax.zoo.iwae_variants:build_ciwae",
+  "two_stage_vae": "aejax.zoo.two_stage_vae:build",
 }
 
 

@@ -47,6 +47,7 @@ METRICS = (
   ("linear_probe_accuracy", "linear-probe accuracy", 3),
   ("fid", "FID, prior samples", 2),
   ("fid_gmm", "FID, ex-post GMM samples", 2),
+  ("fid_two_stage", "FID, two-stage VAE samples", 2),
   ("fid_reconstructions", "FID, reconstructions", 2),
   ("num_params", "parameters", 0),
   ("train_seconds", "training time (s)", 0),

@@ -2,8 +2,8 @@
 
   python -m aejax.use encode --workdir=W (--images=x.npy | --data=mnist [--split=test]) --out=z.npy
   python -m aejax.use decode --workdir=W --latents=z.npy --out=x.npy [--png=x.png]
-  python -m aejax.use generate --workdir=W --n=64 [--seed=0] [--label=3] [--sampler=gmm] \
-    --out=s.npy [--png=s.png]
+  python -m aejax.use generate --workdir=W --n=64 [--seed=0] [--label=3] \
+    [--sampler=gmm|two_stage] --out=s.npy [--png=s.png]
   python -m aejax.use reconstruct --workdir=W (--images=x.npy | --data=NAME) --out=r.npy [--png=P]
   python -m aejax.use figures --workdir=W [--data=NAME --split=SPLIT]
   python -m aejax.use task_metrics --workdir=W --data=fashion_mnist [--name=NAME]
@@ -75,7 +75,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "generate: the seed of the latent draws.")
   flags.DEFINE_enum(
     "sampler", "prior", samplers.SAMPLERS,
-    "generate: 'prior' (the model's prior) or 'gmm' (a mixture fitted to the training codes).",
+    "generate: 'prior' (the model's prior), 'gmm' (a mixture fitted to the training codes) or "
+    "'two_stage' (a second VAE fitted to them).",
   )  # fmt: skip
   flags.DEFINE_integer("label", None, "generate: the class of a conditional model's samples.")
   flags.DEFINE_string("name", None, "task_metrics: the output files' name.")

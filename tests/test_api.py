@@ -10,7 +10,8 @@ import pytest
 from helpers import tiny_digits_config
 
 import aejax
-from aejax import data, errors, train
+from aejax import data, errors, samplers, train
+from aejax.zoo import two_stage_vae
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -174,3 +175,25 @@ def test_use_cli(vae_workdir, tmp_path, digits):
   )
   assert bad.returncode == 2 and "missing.npy does not exist" in bad.stderr
   assert "Traceback" not in bad.stderr and not (tmp_path / "z2.npy").exists()
+
+
+def test_a_plain_autoencoder_generates_through_a_second_stage_vae(tmp_path, digits, monkeypatch):
+  train.train_and_evaluate(
+    tiny_digits_config(total_steps=4, name="dense_ae", latent_dim=2), str(tmp_path)
+  )
+  # A small second stage: the defaults (2 x 512 units, 3,000 steps) take seconds more.
+  small = two_stage_vae.Settings(widths=(16, 16), steps=300, batch_size=32, max_codes=128)
+  monkeypatch.setattr(samplers, "two_stage_settings", lambda handle: small)
+  model = aejax.load(tmp_path)
+  samples = model.generate(200, seed=0, sampler="two_stage")
+  assert samples.shape == (200, 8, 8, 1) and 0.0 <= samples.min() and samples.max() <= 1.0
+  again = aejax.load(tmp_path).generate(5, seed=1, sampler="two_stage")
+  np.testing.assert_array_equal(again, model.generate(5, seed=1, sampler="two_stage"))
+  assert (tmp_path / "samplers" / f"two_stage_step4_{small.tag()}_seed0.msgpack").is_file()
+  # The deterministic codes themselves were fitted: the drawn codes lie where they are.
+  codes = samplers.two_stage_latents(model, 2000, seed=0)
+  train_codes = model.encode(data.load("digits", "train", limit=128).images)
+  assert np.all(np.abs(codes.mean(0) - train_codes.mean(0)) <= 0.5 * train_codes.std(0))
+  assert np.all(np.abs(codes.std(0) / train_codes.std(0) - 1.0) <= 0.5)
+  with pytest.raises(errors.InputError, match="unknown sampler 'flow'; valid: prior, gmm, two"):
+    model.generate(4, sampler="flow")

@@ -5,6 +5,7 @@ import math
 import pathlib
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -311,3 +312,30 @@ def test_gaussian_decoder_on_8bit_mnist_gets_bits_per_dim(tmp_path, data_dir):
     estimators.bits_per_dim(results["nll_dequantised"], 784)
   )
   assert "bits/dim" in (tmp_path / ev.RESULTS_MD).read_text()
+
+
+def test_each_samplers_fid_gets_its_line_and_the_opt_out_is_respected():
+  results = dict(
+    model="two_stage_vae", task="reconstruct", likelihood="gaussian", data="digits",
+    split="test", step=8, num_images=40, seed=0, batch_size=40, num_devices=1, seconds=1.0,
+    main_pass_seconds=0.5, main_pass_images_per_sec=80.0, recon=1.0, bce_per_pixel=0.1,
+    mse=0.01, psnr=20.0, ssim=0.5, fid=30.25, fid_gmm=20.5, fid_two_stage=10.75,
+    fid_reconstructions=5.0, fid_features={"name": "pixels", "feature_dim": 64},
+  )  # fmt: skip
+  md = ev.markdown_table(results)
+  assert (
+    "| FID, 40 samples of the second-stage VAE of the training codes vs the 40 images | 10.75" in md
+  )
+  assert (
+    "| FID, 40 samples of the ex-post mixture of the training codes vs the 40 images | 20.50" in md
+  )
+  assert "| FID, 40 prior samples (decoder means) vs the 40 images | 30.25" in md
+  # gmm for unconditional models that allow it, then the model's own fid_samplers.
+  handle = types.SimpleNamespace(num_classes=0, model=types.SimpleNamespace())
+  assert ev.fid_samplers(handle) == ("gmm",)
+  handle.model = types.SimpleNamespace(fid_samplers=("two_stage",))
+  assert ev.fid_samplers(handle) == ("gmm", "two_stage")
+  handle.model = types.SimpleNamespace(ex_post_samplers=(), fid_samplers=())
+  assert ev.fid_samplers(handle) == ()
+  handle.num_classes, handle.model = 10, types.SimpleNamespace()
+  assert ev.fid_samplers(handle) == ()

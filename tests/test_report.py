@@ -73,3 +73,16 @@ def test_report_is_stale_once_a_run_changes(tmp_path):
 def test_no_runs_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no runs"):
     report.write_report(tmp_path)
+
+
+def test_the_two_stage_fid_is_a_column(tmp_path):
+  assert ("fid_two_stage", "FID, two-stage VAE samples", 2) in report.METRICS
+  name = _fake_run(tmp_path, 2, 0, nll=30.0)
+  results_path = tmp_path / name / "eval_results.json"
+  results = json.loads(results_path.read_text())
+  results.update(fid=40.0, fid_two_stage=12.5)
+  results_path.write_text(json.dumps(results))
+  text = report.write_report(tmp_path, figures_too=False).read_text()
+  assert "FID, two-stage VAE samples" in text and "12.50" in text
+  rows = list(csv.DictReader((tmp_path / report.RESULTS_CSV).read_text().splitlines()))
+  assert float(rows[0]["fid_two_stage_mean"]) == pytest.approx(12.5)
