@@ -20,7 +20,7 @@ def test_the_documented_model_file_trains_by_import_path_and_loads(tmp_path, mon
   text = DOC.read_text()
   section = text[text.index("## A complete model file") :]
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-  (tmp_path / "sparse_ae.py").write_text(code)
+  (tmp_path / "l1_ae.py").write_text(code)
   workdir = tmp_path / "run"
   env = {
     **os.environ,
@@ -28,7 +28,7 @@ def test_the_documented_model_file_trains_by_import_path_and_loads(tmp_path, mon
   }
   result = subprocess.run(
     [sys.executable, "-m", "aejax.main", "--config=experiments/quickstart.py:tiny",
-     f"--workdir={workdir}", "--config.model.name=sparse_ae:build",
+     f"--workdir={workdir}", "--config.model.name=l1_ae:build",
      "--config.model.latent_dim=4", "--config.objective.beta=0.01",
      "--config.final_figures=false"],
     cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
