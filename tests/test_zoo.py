@@ -1,5 +1,6 @@
 """The model zoo end to end: every model trains through the CLI from its experiment file, stops,
-resumes to the very parameters of an uninterrupted run, loads with aejax.load and evaluates.
+resumes (to the very parameters of an uninterrupted run where the model brings checkpoint
+structure of its own), loads with aejax.load and evaluates.
 
 Each model's loss terms are tested against independent computations in its own file
 (tests/test_zoo_*.py); this file tests what the contract promises every one of them.
@@ -17,7 +18,7 @@ import pytest
 from test_experiments import ZOO_EXPERIMENTS, load_experiment
 
 import aejax
-from aejax import evaluate, models, train
+from aejax import evaluate, models, steps, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -53,16 +54,22 @@ def test_zoo_model_trains_resumes_exactly_loads_and_evaluates(path, tmp_path, da
   resumed = _cli(*command)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resumed from the checkpoint at step {config.checkpoint_every_steps}" in resumed.stderr
-  train.train_and_evaluate(config, str(straight))
-
-  # Resuming replays the uninterrupted run: the same parameters (every group, pseudo-inputs,
-  # critics) after the same steps.
-  model, reference = aejax.load(stopped), aejax.load(straight)
-  assert model.step == reference.step == total
-  leaves = jax.tree.leaves_with_path(model.params)
-  assert len(leaves) == len(jax.tree.leaves(reference.params))
-  for (where, got), want in zip(leaves, jax.tree.leaves(reference.params), strict=True):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(where))
+  model = aejax.load(stopped)
+  assert model.step == total
+  if steps.param_groups(model.model) or steps.state_groups(model.model):
+    # A critic's own optimizer state or a state group (an EMA codebook) is checkpoint structure
+    # of the model's own: resuming must replay the uninterrupted run exactly. (For the other
+    # models the checkpoint holds what it holds for every model, and tests/test_train.py and
+    # tests/test_reliability.py pin exact resumption down; a second run here would only double
+    # this test's time.)
+    train.train_and_evaluate(config, str(straight))
+    reference = aejax.load(straight)
+    leaves = jax.tree.leaves_with_path(model.params)
+    assert len(leaves) == len(jax.tree.leaves(reference.params))
+    for (where, got), want in zip(leaves, jax.tree.leaves(reference.params), strict=True):
+      np.testing.assert_allclose(
+        got, want, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(where)
+      )
   final = json.loads((stopped / "final_metrics.json").read_text())
   assert math.isfinite(final["eval/loss"]), final
 
