@@ -56,7 +56,9 @@ class TrainedModel:
     self.step = int(step)
     self.model = model  # A Flax module keeping the model contract (aejax/models.py).
     self.params = params
-    self.latent_dim = int(config.model.latent_dim)
+    # The size of encode's "z": config.model.latent_dim unless the model says otherwise (a
+    # VQ-VAE's z is its grid of code vectors, latent_size = h * w * D).
+    self.latent_dim = int(getattr(model, "latent_size", config.model.latent_dim))
     self.num_classes = int(config.model.num_classes)
     self.is_variational = self.model.is_variational
     self._encode = jax.jit(lambda p, x, y: self.model.apply({"params": p}, x, y, method="encode"))
