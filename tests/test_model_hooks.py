@@ -54,6 +54,10 @@ def test_the_hooks_give_the_default_paths_numbers(two_runs):
   assert got["kl"] == pytest.approx(want["kl"], rel=0.5)
   assert got["kl"] != want["kl"]
   assert any("one-sample Monte Carlo" in note for note in got["notes"])
+  assert (got["kl_estimate"], want["kl_estimate"]) == ("monte_carlo", "analytic")
+  table = evaluate.markdown_table(got)
+  assert "KL(q(z\\|x) \\|\\| p(z)), one-sample" in table and "N(0, I))" not in table
+  assert "KL(q(z\\|x) \\|\\| N(0, I)), analytic" in evaluate.markdown_table(want)
 
 
 def test_the_ex_post_mixture_samples_any_model_and_is_cached(tmp_path):
