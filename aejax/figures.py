@@ -139,7 +139,7 @@ def save_reconstructions(
     figsize=(1.6 + ncols * CELL_INCHES, 0.6 + nrows * CELL_INCHES),
     layout="constrained",
   ) as (fig, axes):
-    fig.suptitle(title)
+    fig.suptitle(title, wrap=True)  # A long title breaks into lines instead of being clipped.
     for r, (label, batch) in enumerate(batches.items()):
       _, h, w, _ = batch.shape
       for col in range(ncols):

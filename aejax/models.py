@@ -24,7 +24,9 @@ image_shape) -> module`, where the module has
   fitted to its codes after training ("gmm", "two_stage") that apply to it
   (default: all; `()` for a code that is not continuous, a VQ-VAE's code
   indices), and `fid_samplers`: samplers whose FID `aejax.evaluate` reports as
-  `fid_<name>` besides the prior's `fid`; `latent_size`: the size of `encode`'s
+  `fid_<name>` besides the prior's `fid`; `second_stage`: the settings
+  (aejax.zoo.two_stage_vae.Settings) the "two_stage" sampler fits with
+  (default: that class's defaults); `latent_size`: the size of `encode`'s
   "z" when it is not config.model.latent_dim (a VQ-VAE's grid of code vectors).
 Optional hooks, for models whose prior is not N(0, I):
 - `sample(key, num_samples, label_B) -> logits` (N, H, W, C): draws from the

@@ -192,7 +192,11 @@ def _fmt(mean, std, digits: int) -> str:
     return "–"
   text = f"{mean:,.{digits}f}"
   # No "± 0" for what cannot vary over seeds (parameters) or is shared (a vmapped group's time).
-  return text if not std else f"{text} ± {std:.{digits}f}"
+  if not std:
+    return text
+  # A spread smaller than the column's last digit keeps one significant digit, not "± 0".
+  spread = f"{std:.{digits}f}" if round(std, digits) else f"{std:.1g}"
+  return f"{text} ± {spread}"
 
 
 def _columns(rows: Sequence[dict]) -> list[tuple[str, str, int]]:
@@ -233,9 +237,9 @@ def _series_label(row: dict) -> str:
 
 def _plot_metrics(sweep_dir: pathlib.Path, rows: Sequence[dict], title: str) -> bool:
   columns = [m for m in _columns(rows) if m[0] != "num_params"]
-  if not columns:
-    return False
   xs = sorted({row["latent_dim"] for row in rows})
+  if not columns or len(xs) < 2:  # One latent size (a sweep over models or seeds): no x axis.
+    return False
   panels, bars = {}, {}
   for key, name, _ in columns:
     panels[name], bars[name] = {}, {}
@@ -337,8 +341,8 @@ def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequenc
     figures.save_reconstructions(
       sweep_dir / SAMPLES_PNG,
       sample_rows,
-      title="Samples (decoder mean) from each model's prior, or from the ex-post Gaussian "
-      "mixture of its training codes where it has none; one row per configuration",
+      title="Samples (decoder mean) from the prior, or from a Gaussian mixture fitted to the "
+      "training codes where there is none",
       max_images=NUM_IMAGES,
     )
     written["samples"] = SAMPLES_PNG
@@ -392,6 +396,14 @@ def is_up_to_date(sweep_dir: str | pathlib.Path) -> bool:
   return True
 
 
+def _subject(runs: Sequence[dict]) -> str:
+  """ "dense_vae on mnist", or "15 models on mnist" for a sweep over model names."""
+  models = list(dict.fromkeys(r["config"].model.name for r in runs))
+  datasets = list(dict.fromkeys(r["config"].data.name for r in runs))
+  what = models[0] if len(models) == 1 else f"{len(models)} models"
+  return f"{what} on {', '.join(datasets)}"
+
+
 def write_report(sweep_dir: str | pathlib.Path, figures_too: bool = True) -> pathlib.Path:
   """Writes report.md, results.csv, runs.csv and the PNGs into sweep_dir; returns report.md."""
   sweep_dir = pathlib.Path(sweep_dir)
@@ -402,8 +414,7 @@ def write_report(sweep_dir: str | pathlib.Path, figures_too: bool = True) -> pat
   _write_csvs(sweep_dir, runs, rows)
   record = _read_json(sweep_dir / sweep_grid.SWEEP_RECORD) or {}
   config_arg = record.get("config", "?")
-  first = runs[0]["config"]
-  title = f"{config_arg}: {first.model.name} on {first.data.name}"
+  title = f"{config_arg}: {_subject(runs)}"
   plotted = figures_too and _plot_metrics(sweep_dir, rows, title)
   sheets = _contact_sheets(sweep_dir, runs, rows) if figures_too else {"notes": [], "two_d": []}
 

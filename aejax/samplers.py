@@ -119,10 +119,8 @@ def gmm_latents(handle, n: int, seed: int) -> np.ndarray:
 
 
 def two_stage_settings(handle) -> two_stage_lib.Settings:
-  """A two_stage_vae's own second-stage settings (its options second_*), else the defaults."""
-  if handle.config.model.name == "two_stage_vae":
-    return two_stage_lib.read_settings(handle.config.model)
-  return two_stage_lib.Settings()
+  """The model's own second-stage settings (attribute `second_stage`), else the defaults."""
+  return getattr(handle.model, "second_stage", None) or two_stage_lib.Settings()
 
 
 def _two_stage_path(handle, settings: two_stage_lib.Settings, seed: int) -> pathlib.Path | None:

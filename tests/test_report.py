@@ -86,3 +86,21 @@ def test_the_two_stage_fid_is_a_column(tmp_path):
   assert "FID, two-stage VAE samples" in text and "12.50" in text
   rows = list(csv.DictReader((tmp_path / report.RESULTS_CSV).read_text().splitlines()))
   assert float(rows[0]["fid_two_stage_mean"]) == pytest.approx(12.5)
+
+
+def test_a_sweep_over_models_names_them_and_draws_no_latent_size_plot(tmp_path):
+  for model, seed in [("dense_vae", 0), ("dense_vae", 1), ("dense_ae", 0)]:
+    name = _fake_run(tmp_path, 2, seed, nll=30.0 + seed * 1e-3)
+    config = json.loads((tmp_path / name / "config.json").read_text())
+    config["model"]["name"] = model
+    (tmp_path / name / "config.json").write_text(json.dumps(config))
+    record = json.loads((tmp_path / name / sweep_grid.RUN_RECORD).read_text())
+    record["overrides"] = {"model.name": model, **record["overrides"]}
+    (tmp_path / name / sweep_grid.RUN_RECORD).write_text(json.dumps(record))
+    os.rename(tmp_path / name, tmp_path / f"{name},{model}")
+  text = report.write_report(tmp_path).read_text()
+  assert "2 models on digits" in text.splitlines()[0]
+  # Every run has latent size 2: a plot against latent size would have one point per line.
+  assert not (tmp_path / report.METRICS_PNG).exists() and "against latent size" not in text
+  # NLL 30.000 and 30.001 differ below the column's 2 digits: the spread keeps one digit.
+  assert "30.00 ± 0.0007" in text and "± 0.00 " not in text

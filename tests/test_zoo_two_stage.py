@@ -176,6 +176,14 @@ def test_build_enforces_the_papers_learned_decoder_variance():
       models.build_model(_config(**{name: value}).model, (8, 8, 1))
 
 
+def test_the_sampler_takes_a_two_stage_vaes_own_settings_and_defaults_for_others():
+  model = models.build_model(_config(second_steps=7, second_widths=(24,)).model, (8, 8, 1))
+  assert (model.second_stage.widths, model.second_stage.steps) == ((24,), 7)
+  assert samplers.two_stage_settings(types.SimpleNamespace(model=model)) == model.second_stage
+  other = models.build_model(tiny_digits_config().model, (8, 8, 1))
+  assert samplers.two_stage_settings(types.SimpleNamespace(model=other)) == ts.Settings()
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   path = tmp_path_factory.mktemp("two_stage_vae")

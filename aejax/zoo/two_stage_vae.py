@@ -135,6 +135,9 @@ class TwoStageVAE(VAE):
 
   # The samplers whose FID aejax.evaluate reports besides the prior's (fid_two_stage).
   fid_samplers = ("two_stage",)
+  # How the `two_stage` sampler builds and fits this model's second stage (options second_*);
+  # other models get Settings() (aejax/samplers.py).
+  second_stage: Settings = Settings()
 
 
 def build(model_config, image_shape) -> TwoStageVAE:
@@ -144,7 +147,7 @@ def build(model_config, image_shape) -> TwoStageVAE:
     opts["network"] in NETWORKS, model_config, "network",
     f"unknown network {opts['network']!r}; valid: {', '.join(NETWORKS)}",
   )  # fmt: skip
-  read_settings(model_config)  # A bad second-stage option fails now, not after training.
+  second_stage = read_settings(model_config)  # A bad option fails now, not after training.
   name = model_config.name
   learned_scale = model_config.likelihood in losses.SCALED_LIKELIHOODS
   if learned_scale and not model_config.get("learn_log_scale", False):
@@ -166,6 +169,7 @@ def build(model_config, image_shape) -> TwoStageVAE:
     latent_dim=model_config.latent_dim,
     learn_log_scale=learned_scale,
     init_log_scale=float(model_config.get("log_scale", 0.0)),
+    second_stage=second_stage,
   )
 
 
