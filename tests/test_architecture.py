@@ -18,10 +18,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "aejax"
 LAYERS = (
   # Foundations: no aejax imports but errors.
   "errors", "progress", "accelerators", "image_metrics", "figures", "latent_figures", "workdir",
-  "runner", "datafiles", "data",
+  "runner", "datafiles", "data", "ground_truth", "dsprites",
   # What a model is and how it learns.
   "tasks", "losses", "layers", "networks", "autoencoder", "vae", "models", "optim", "configs",
-  "objectives", "probes",
+  "objectives", "probes", "disentanglement",
   # The model zoo (aejax/zoo/): models imports its files by name, never by an import statement.
   "zoo",
   # How it runs: devices, metrics, checkpoints, the device programs, the loop.
