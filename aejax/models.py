@@ -87,7 +87,8 @@ def _compute(cfg) -> dict[str, Any]:
   return {"dtype": networks.get_dtype(cfg.get("dtype", "float32")), "conv_impl": impl}
 
 
-NETWORKS = ("dense", "conv")  # The encoder/decoder pairs a zoo model can be built on.
+# The encoder/decoder pairs a zoo model can be built on.
+NETWORKS = ("dense", "conv", "dlib_conv")
 
 
 def build_networks(
@@ -96,7 +97,10 @@ def build_networks(
   """An encoder to `encoder_outputs` numbers and a decoder from `cfg.latent_dim` to logits.
 
   "dense": MLPs of `cfg.hidden_widths` (the decoder mirrors them); "conv": one
-  stride-2 convolution per `cfg.conv_channels` entry. The zoo builds on these.
+  stride-2 convolution per `cfg.conv_channels` entry; "dlib_conv":
+  disentanglement_lib's fixed conv networks for 64x64 images (networks.DlibConvEncoder,
+  DlibConvDecoder; they ignore hidden_widths, conv_channels and activation). The zoo
+  builds on these.
   """
   compute = _compute(cfg)
   if network == "dense":
@@ -112,6 +116,10 @@ def build_networks(
     enc = networks.ConvEncoder(channels, encoder_outputs, cfg.activation, **compute)
     dec = networks.ConvDecoder(channels, tuple(image_shape), cfg.activation, **compute)
     return enc, dec
+  if network == "dlib_conv":
+    networks.check_dlib_image_shape(image_shape, name)  # At build time, not inside a trace.
+    enc = networks.DlibConvEncoder(encoder_outputs, **compute)
+    return enc, networks.DlibConvDecoder(tuple(image_shape), **compute)
   raise errors.ConfigError(
     f"config.model.options.network: unknown network {network!r} for model {name!r}; "
     f"valid: {', '.join(NETWORKS)}"
@@ -188,7 +196,18 @@ ZOO: dict[str, str] = {
   "ciwae": "aejax.zoo.iwae_variants:build_ciwae",
   "two_stage_vae": "aejax.zoo.two_stage_vae:build",
   "vq_vae": "aejax.zoo.vq_vae:build",
+  # The beta-VAE family of disentanglement_lib's study (Locatello et al., 2019).
+  "annealed_vae": "aejax.zoo.annealed_vae:build",
+  "beta_tcvae": "aejax.zoo.beta_tcvae:build",
+  "factor_vae": "aejax.zoo.factor_vae:build",
+  "dip_vae_i": "aejax.zoo.dip_vae:build_dip_vae_i",
+  "dip_vae_ii": "aejax.zoo.dip_vae:build_dip_vae_ii",
 }
+
+
+# The zoo's disentanglement family: measured by the disentanglement study on dSprites, not by
+# the MNIST zoo table (experiments/zoo_table.py).
+DISENTANGLEMENT_FAMILY = ("annealed_vae", "beta_tcvae", "factor_vae", "dip_vae_i", "dip_vae_ii")
 
 
 def model_names() -> tuple[str, ...]:

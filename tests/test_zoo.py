@@ -39,6 +39,16 @@ def test_every_zoo_model_has_an_experiment_a_readme_line_and_a_docs_row():
     assert f"`{name}`" in zoo_doc, f"docs/zoo.md does not list {name}"
 
 
+def test_the_zoo_table_runs_every_zoo_model_but_the_disentanglement_family():
+  assert set(models.DISENTANGLEMENT_FAMILY) <= set(models.ZOO)
+  names = []
+  load_experiment(ROOT / "experiments" / "zoo_table.py").sweep(
+    lambda **overrides: names.append(overrides["model.name"])
+  )
+  expected = set(models.ZOO) - set(models.DISENTANGLEMENT_FAMILY) | {"dense_ae", "dense_vae"}
+  assert sorted(names) == sorted(expected)
+
+
 @pytest.mark.parametrize("path", ZOO_EXPERIMENTS, ids=lambda p: p.stem)
 def test_zoo_model_trains_resumes_exactly_loads_and_evaluates(path, tmp_path, data_dir):
   config = load_experiment(path).get_config("tiny")
