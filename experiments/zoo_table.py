@@ -20,8 +20,9 @@ Expected: not a reproduction of any paper (the published rows are in
   VAEs' NLLs lie within a few nats of each other, the importance-weighted
   objectives lowest; the deterministic models have no NLL, reconstruct best and
   sample only through the ex-post mixture. Measured: docs/zoo.md.
-Runtime: :cpu about an hour for 13 models x 3 seeds on a 2-core CPU
-  (docs/zoo.md has the measured time); :tiny seconds per run.
+Runtime: :cpu about three hours for 15 models x 3 seeds on a 2-core CPU,
+  most of it the importance-weighted objectives (64 samples per image) and
+  vq_vae (docs/zoo.md has the measured times); :tiny seconds per run.
 Command:
   AEJAX_DATA_DIR=/path/to/data python scripts/sweep.py \
     --config=experiments/zoo_table.py:cpu --sweep_dir=runs/zoo --seeds=0,1,2 \
