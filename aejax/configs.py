@@ -16,7 +16,7 @@ import ml_collections
 
 from aejax import errors, layers, losses, models, networks, optim, tasks
 
-DATA_SOURCES = ("auto", "tfds", "idx", "amat", "digits")
+DATA_SOURCES = ("auto", "tfds", "idx", "amat", "digits", "rendered")
 OBJECTIVES = ("elbo", "iwae")
 
 
@@ -28,7 +28,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.total_steps = 0  # > 0 overrides num_epochs.
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "mnist"  # mnist, fashion_mnist, binarized_mnist, digits, or any tfds image set.
+  # mnist, fashion_mnist, binarized_mnist, digits, dsprites, color_dsprites, noisy_dsprites (the
+  # last three rendered from their factors, no file), or any tfds image set.
+  c.data.name = "mnist"
   c.data.source = "auto"  # auto: local folder if data_dir has it, else tfds (digits: embedded).
   c.data.data_dir = ""  # Empty: $AEJAX_DATA_DIR.
   c.data.train_split = "train"

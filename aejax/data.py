@@ -1,4 +1,10 @@
-"""Image data sets as NumPy arrays: local IDX/AMAT files, scikit-learn digits, or tfds."""
+"""Image data sets: local IDX/AMAT files, scikit-learn digits, tfds, or rendered from factors.
+
+The ground-truth data sets (dSprites and its colour and noisy variants, aejax/dsprites.py) have
+no files: `load` renders a fixed subset of their factor combinations into an ImageSet, and the
+trainer trains on all of them through a RenderedSet, which stores factor indices and draws each
+batch's images on device inside the training step.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,10 @@ import pathlib
 import socket
 import threading
 
+import jax
 import numpy as np
 
-from aejax import datafiles, errors
+from aejax import datafiles, dsprites, errors, ground_truth
 from aejax.datafiles import DATA_DIR_ENV, LOCAL_FOLDERS
 from aejax.errors import DataError
 
@@ -20,12 +27,29 @@ __all__ = [
   "SOURCES",
   "DataError",
   "ImageSet",
+  "RenderedSet",
   "load",
   "load_tfds",
   "resolve_data_dir",
 ]
 
-SOURCES = ("auto", "tfds", "idx", "amat", "digits")
+SOURCES = ("auto", "tfds", "idx", "amat", "digits", "rendered")
+
+# The data sets rendered from their generative factors (source "rendered"), by config name.
+GROUND_TRUTH = {
+  "dsprites": dsprites.DSprites,
+  "color_dsprites": dsprites.ColorDSprites,
+  "noisy_dsprites": dsprites.NoisyDSprites,
+}
+# A rendered data set's "train" split is every factor combination, in the order of a fixed
+# shuffle (seed RENDERED_ORDER_SEED), so that data.train_limit keeps a varied subset. Its "test"
+# split is the first RENDERED_TEST_SIZE combinations of another fixed shuffle: the same
+# distribution as training (disentanglement studies evaluate on the data set itself), with its
+# nuisances (colour, noise) drawn once with RENDERED_TEST_SEED.
+RENDERED_ORDER_SEED, RENDERED_TEST_SEED = 0, 1
+RENDERED_TEST_SIZE = 10_000
+# More rendered images than this in host memory is refused (737,280 64x64 images are 12 GB).
+RENDERED_MAX_IMAGES = 100_000
 
 # Largest pixel value per tfds data set whose uint8 images are not 0..255: tfds stores
 # binarized_mnist as uint8 0/1, which dividing by 255 would wrongly squash to ~0.
@@ -88,6 +112,61 @@ class ImageSet:
           f"{where}: labels have shape {labels.shape} but there are "
           f"{images.shape[0]} images; expected shape ({images.shape[0]},)."
         )
+
+  # What the trainer puts on device and cuts batches from; a stored split needs no rendering.
+  render = None
+
+  @property
+  def stored(self) -> np.ndarray:
+    return self.images
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(int(d) for d in self.images.shape[1:])
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.images.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RenderedSet:
+  """A training split of a ground-truth data set, stored as factor indices, rendered on device.
+
+  The trainer keeps `factors` on device and cuts each batch from them as it cuts stored images;
+  `render(factors_Bx5, key)` then draws the batch's images inside the compiled step, with `key`
+  drawing the nuisances (colour, noise) of the variants that have them. All 737,280 dSprites
+  combinations take 15 MB this way instead of 12 GB of float32 images.
+
+  Attributes:
+    factors: int32, shape (N, num_factors): the factor indices of each example.
+    labels: int32, shape (N,): the first factor (dSprites: the shape), for probes.
+    data_set: the ground_truth.GroundTruthData that renders them.
+    name, split: as in ImageSet; source is always "rendered".
+  """
+
+  factors: np.ndarray
+  labels: np.ndarray
+  data_set: ground_truth.GroundTruthData
+  name: str
+  split: str
+  source: str = "rendered"
+
+  @property
+  def stored(self) -> np.ndarray:
+    return self.factors
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.data_set.image_shape)
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.factors.shape[0])
+
+  def render(self, factors: jax.Array, key: jax.Array) -> jax.Array:
+    """(B, H, W, C) float32 images in [0, 1] of (B, num_factors) indices; traceable."""
+    return self.data_set.images_from_factors(factors, key)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path | None:
@@ -299,6 +378,8 @@ def load(
 
   Sources ("auto" picks the first that applies):
     - "digits": scikit-learn's 8x8 digits (name "digits"; 1,437 train / 360 test).
+    - "rendered": the ground-truth data sets of GROUND_TRUTH, drawn from their factors
+      (`load_rendered`); "auto" picks it for their names.
     - "idx" / "amat": the folder <data dir>/<LOCAL_FOLDERS.get(name, name)>, where the data
       dir is `data_dir` or $AEJAX_DATA_DIR. "auto" uses it when it exists.
     - "tfds": tensorflow-datasets with its own data dir ($TFDS_DATA_DIR or
@@ -319,6 +400,8 @@ def load(
     raise DataError(f"{name}: unknown source {source!r}; valid sources are {', '.join(SOURCES)}.")
   if limit is not None and limit < 1:
     raise ValueError(f"limit must be a positive number of examples or None, got {limit}.")
+  if name in GROUND_TRUTH or source == "rendered":
+    return load_rendered(name, split, source=source, limit=limit)
   root = resolve_data_dir(data_dir)
   folder = root / LOCAL_FOLDERS.get(name, name) if root is not None else None
 
@@ -370,6 +453,76 @@ def load(
 
 
 # ---------------------------------------------------------------------------
+# Ground-truth data sets, rendered from their factors.
+
+RENDERED_SPLITS = ("train", "test")
+_RENDER_CHUNK = 1000  # Images rendered per call: one compiled shape, bounded device memory.
+
+
+def _ground_truth(name: str, source: str) -> ground_truth.GroundTruthData:
+  if name not in GROUND_TRUTH:
+    raise DataError(
+      f"{name}: source 'rendered' draws only the ground-truth data sets "
+      f"{', '.join(GROUND_TRUTH)}; use another source for {name}."
+    )
+  if source not in ("auto", "rendered"):
+    raise DataError(
+      f"{name}: a ground-truth data set is rendered from its factors (source 'rendered' or "
+      f"'auto'), got source {source!r}."
+    )
+  return GROUND_TRUTH[name]()
+
+
+def rendered_factors(data_set: ground_truth.GroundTruthData, split: str) -> np.ndarray:
+  """(N, num_factors) int32: the factor indices of a rendered split, in its fixed order."""
+  if split not in RENDERED_SPLITS:
+    raise DataError(
+      f"split {split!r}: a rendered data set has the splits {', '.join(RENDERED_SPLITS)}"
+    )
+  sizes = tuple(data_set.factor_sizes)
+  # Row-major like the official npz: the last factor varies fastest.
+  every_NxF = np.indices(sizes).reshape(len(sizes), -1).T.astype(np.int32)
+  seed = RENDERED_ORDER_SEED if split == "train" else RENDERED_TEST_SEED
+  order = np.random.default_rng(seed).permutation(len(every_NxF))
+  if split == "test":
+    order = order[:RENDERED_TEST_SIZE]
+  return every_NxF[order]
+
+
+def load_rendered(
+  name: str, split: str, *, source: str = "rendered", limit: int | None = None
+) -> ImageSet:
+  """The images of a rendered split (the first `limit` of it), labelled by their first factor.
+
+  "test" is RENDERED_TEST_SIZE combinations; "train" is all of them and needs a `limit` (at
+  most RENDERED_MAX_IMAGES): the trainer renders the whole of it step by step instead
+  (`load_split`). Nuisances are drawn with fixed keys, so a split is the same at every call.
+  """
+  data_set = _ground_truth(name, source)
+  factors_NxF = rendered_factors(data_set, split)[:limit]
+  if len(factors_NxF) > RENDERED_MAX_IMAGES:
+    raise DataError(
+      f"{name}/{split}: {len(factors_NxF):,} rendered images would not fit in memory "
+      f"(at most {RENDERED_MAX_IMAGES:,}); pass a limit. Training renders every batch on "
+      "device and needs none."
+    )
+  root = jax.random.key(RENDERED_TEST_SEED if split == "test" else RENDERED_ORDER_SEED)
+  parts = []
+  for i, start in enumerate(range(0, len(factors_NxF), _RENDER_CHUNK)):
+    chunk = factors_NxF[start : start + _RENDER_CHUNK]
+    padded = np.pad(chunk, ((0, _RENDER_CHUNK - len(chunk)), (0, 0)))
+    images = data_set.images_from_factors(padded, jax.random.fold_in(root, i))
+    parts.append(np.asarray(images, np.float32)[: len(chunk)])
+  return ImageSet(
+    images=np.concatenate(parts),
+    labels=factors_NxF[:, 0].copy(),
+    name=name,
+    split=split,
+    source="rendered",
+  )
+
+
+# ---------------------------------------------------------------------------
 # The splits an experiment config names.
 
 
@@ -384,10 +537,23 @@ def load_split(config, split: str, limit: int = 0) -> ImageSet:
   )
 
 
-def load_splits(config) -> tuple[ImageSet, ImageSet]:
-  """The training and evaluation splits named by config.data."""
+def load_train_split(config) -> ImageSet | RenderedSet:
+  """The training split named by config.data; a ground-truth data set's, as factors to render."""
+  name, split, limit = config.data.name, config.data.train_split, config.data.train_limit
+  if name not in GROUND_TRUTH:
+    return load_split(config, split, limit)
+  data_set = _ground_truth(name, config.data.source)
+  factors_NxF = rendered_factors(data_set, split)[: limit or None]
+  return RenderedSet(
+    factors=factors_NxF, labels=factors_NxF[:, 0].copy(), data_set=data_set, name=name,
+    split=split,
+  )  # fmt: skip
+
+
+def load_splits(config) -> tuple[ImageSet | RenderedSet, ImageSet]:
+  """The training and evaluation splits named by config.data (see load_train_split)."""
   return (
-    load_split(config, config.data.train_split, config.data.train_limit),
+    load_train_split(config),
     load_split(config, config.data.eval_split, config.data.eval_limit),
   )
 

@@ -55,7 +55,10 @@ def count_params(params) -> int:
 def derived_keys(seed: int) -> dict[str, jax.Array]:
   """Every RNG stream of a run, each a fixed function of the seed."""
   root = jax.random.key(seed)
-  names = ("init", "shuffle", "corrupt", "step", "eval_corrupt", "eval_sample", "figure_samples")
+  names = (
+    "init", "shuffle", "corrupt", "step", "eval_corrupt", "eval_sample", "figure_samples",
+    "render",
+  )  # fmt: skip
   return {name: jax.random.fold_in(root, i) for i, name in enumerate(names)}
 
 
@@ -78,28 +81,35 @@ def epoch_permutation(keys: dict[str, jax.Array], num_train: int, epoch: jax.Arr
   return jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), num_train)
 
 
-def cut_batch(config, keys, images, labels, perm, step):
+def cut_batch(config, keys, images, labels, perm, step, render=None):
   """The batch of `step`, whose epoch's order is `perm`, corrupted for the task.
 
   Pure and traceable: the data position is a function of the step alone, so a
   resumed run replays exactly the batches of an uninterrupted one, and a
-  population's member sees the batches of its separate run.
+  population's member sees the batches of its separate run. With `render`
+  (a data.RenderedSet's), `images` holds factor indices and the batch's images
+  are drawn from them here, their nuisances with fold_in(render_key, step).
   """
   index = step % (len(perm) // config.batch_size)
   idx = jax.lax.dynamic_slice_in_dim(perm, index * config.batch_size, config.batch_size)
   batch_labels = None if labels is None else labels[idx]
+  batch_images = images[idx]
+  if render is not None:
+    batch_images = render(batch_images, jax.random.fold_in(keys["render"], step))
   return tasks.make_batch(
-    jax.random.fold_in(keys["corrupt"], step), images[idx], batch_labels, config
+    jax.random.fold_in(keys["corrupt"], step), batch_images, batch_labels, config
   )
 
 
-def make_train_batch_fn(config, mesh: Mesh, num_train: int, keys: dict[str, jax.Array]):
+def make_train_batch_fn(
+  config, mesh: Mesh, num_train: int, keys: dict[str, jax.Array], render=None
+):  # fmt: skip
   """`(images, labels, step) -> batch`: the step's shuffled slice, sharded along 'data'."""
   steps_per_epoch = num_train // config.batch_size
 
   def train_batch(images, labels, step):
     perm = epoch_permutation(keys, num_train, step // steps_per_epoch)
-    return cut_batch(config, keys, images, labels, perm, step)
+    return cut_batch(config, keys, images, labels, perm, step, render)
 
   return jax.jit(train_batch, out_shardings=parallel.batch_sharded(mesh))
 
@@ -276,7 +286,7 @@ def _count_step(counters, metrics, finite, nonfinite, step) -> dict[str, jax.Arr
 
 def make_multi_step(
   model, config, mesh: Mesh, num_train: int, total_steps: int, steps_per_epoch: int,
-  num_members: int = 1, batched: bool | None = None,
+  num_members: int = 1, batched: bool | None = None, render=None,
 ):  # fmt: skip
   """`(state, images, labels, perm, num_steps, keys, hp) -> (state, sums)`: fused steps.
 
@@ -301,6 +311,9 @@ def make_multi_step(
   "skip" it goes on and counts `skipped_steps`. `sums["steps"]` counts the
   finite steps whose metrics are summed. The state is donated.
 
+  `render` (a data.RenderedSet's): `images` are factor indices, rendered per
+  batch in the step (see cut_batch).
+
   `batched` (default: num_members > 1) forces the vmapped program for one
   member too: scripts/bench_multi_seed.py times it against the unbatched one.
   """
@@ -310,7 +323,7 @@ def make_multi_step(
   def member_step(state, images, labels, perm, step, keys, hp):
     tx = make_optimizer(model, config, total_steps, steps_per_epoch, hp["learning_rate"])
     batch = jax.lax.with_sharding_constraint(
-      cut_batch(config, keys, images, labels, perm, step), parallel.batch_sharded(mesh)
+      cut_batch(config, keys, images, labels, perm, step, render), parallel.batch_sharded(mesh)
     )
     key = jax.random.fold_in(keys["step"], step)
     return guarded_train_step(state, batch, key, hp, model=model, tx=tx, config=config)

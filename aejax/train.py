@@ -66,7 +66,7 @@ def check_group(configs: Sequence[ml_collections.ConfigDict]) -> None:
 class Setup:
   """What a run derives from its config and data before anything is trained."""
 
-  train_set: data.ImageSet
+  train_set: data.ImageSet | data.RenderedSet
   eval_set: data.ImageSet
   counts: configs_lib.StepCounts
   eval_batch_size: int
@@ -75,7 +75,7 @@ class Setup:
 
   @property
   def image_shape(self) -> tuple[int, ...]:
-    return tuple(self.train_set.images.shape[1:])
+    return self.train_set.image_shape
 
 
 def setup(config: ml_collections.ConfigDict, num_devices: int) -> Setup:
@@ -85,9 +85,9 @@ def setup(config: ml_collections.ConfigDict, num_devices: int) -> Setup:
   """
   configs_lib.validate(config, num_devices=num_devices)
   train_set, eval_set = data.load_splits(config)
-  image_shape = train_set.images.shape[1:]
-  num_train = len(train_set.images)
-  configs_lib.validate_for_data(config, image_shape, num_train, eval_set.images.shape[1:])
+  image_shape = train_set.image_shape
+  num_train = train_set.num_examples
+  configs_lib.validate_for_data(config, image_shape, num_train, eval_set.image_shape)
   if config.model.num_classes:
     data.check_labels(train_set, config.model.num_classes)
     data.check_labels(eval_set, config.model.num_classes)
@@ -225,7 +225,7 @@ class Population:
     self.state = jax.vmap(init)(self.keys["init"]) if self.batched else init(self.keys["init"])
     self.managers = [checkpoint.checkpoint_manager(d, self.config.keep_checkpoints) for d in dirs]
     self.writers = [MetricWriter(d) for d in dirs] if is_writer else []
-    self.num_train = len(run.train_set.images)
+    self.num_train = run.train_set.num_examples
     self.eval_data = steps.prepare_eval_data(run.eval_set, run.eval_batch_size, mesh)
     self.eval_fn = steps.make_eval_fn(model, self.config, mesh, run.eval_batch_size, self.size)
     self.pending_sums = []
@@ -371,11 +371,13 @@ def train_population(
     _write_run_folders(configs, dirs, run, allow_config_change)
   pop = Population(configs, dirs, run, mesh, is_writer)
   start_step = pop.restore()
-  train_images = parallel.put_replicated(run.train_set.images, mesh)
+  # The images, or a ground-truth data set's factor indices that the step renders.
+  train_images = parallel.put_replicated(run.train_set.stored, mesh)
   train_labels = parallel.put_replicated(run.train_set.labels, mesh)
   multi_step = steps.make_multi_step(
-    run.model, config, mesh, pop.num_train, counts.total_steps, counts.steps_per_epoch, pop.size
-  )
+    run.model, config, mesh, pop.num_train, counts.total_steps, counts.steps_per_epoch, pop.size,
+    render=run.train_set.render,
+  )  # fmt: skip
   perm_fn = steps.make_permutation_fn(mesh, pop.size)
   _log_start(pop, counts)
   # A bar in a terminal; in a log file a plain line at least every 10 s, also while a long

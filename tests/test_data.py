@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from aejax import data, datafiles
+from aejax import configs, data, datafiles, dsprites, errors
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -336,3 +336,62 @@ def test_network_check_is_bounded(monkeypatch):
   start = time.monotonic()
   assert data._network_available(timeout=0.2) is False
   assert time.monotonic() - start < 1.5
+
+
+# ---------------------------------------------------------------------------
+# Ground-truth data sets rendered from their factors.
+
+
+def test_rendered_test_split_is_fixed_binary_and_labelled_by_shape():
+  first = data.load("dsprites", "test", limit=40)
+  again = data.load("dsprites", "test", limit=40)
+  assert first.source == "rendered" and first.images.shape == (40, 64, 64, 1)
+  np.testing.assert_array_equal(first.images, again.images)
+  assert set(np.unique(first.images)) <= {0.0, 1.0}
+  factors = data.rendered_factors(dsprites.DSprites(), "test")[:40]
+  np.testing.assert_array_equal(first.labels, factors[:, 0])
+  np.testing.assert_array_equal(first.images, np.asarray(dsprites.render(factors)))
+  # The test split is RENDERED_TEST_SIZE distinct combinations.
+  every = data.rendered_factors(dsprites.DSprites(), "test")
+  assert len(np.unique(every, axis=0)) == data.RENDERED_TEST_SIZE
+
+
+def test_rendered_colour_split_draws_its_nuisances_once():
+  images = data.load("color_dsprites", "test", limit=8).images
+  assert images.shape == (8, 64, 64, 3)
+  np.testing.assert_array_equal(images, data.load("color_dsprites", "test", limit=8).images)
+  # Each sprite has one colour in [0.5, 1] per channel, different across images.
+  colours = [img[img.max(axis=-1) > 0][0] for img in images]
+  assert all(np.all((c >= 0.5) & (c <= 1.0)) for c in colours)
+  assert len({tuple(np.round(c, 4)) for c in colours}) == 8
+
+
+def test_rendered_train_split_is_every_combination_and_refuses_to_fill_memory():
+  config = configs.default_config()
+  config.data.name = "dsprites"
+  train_set = data.load_train_split(config)
+  assert isinstance(train_set, data.RenderedSet)
+  assert train_set.num_examples == 737_280 and train_set.image_shape == (64, 64, 1)
+  assert len(np.unique(train_set.factors, axis=0)) == 737_280
+  np.testing.assert_array_equal(train_set.labels, train_set.factors[:, 0])
+  config.data.train_limit = 100
+  np.testing.assert_array_equal(data.load_train_split(config).factors, train_set.factors[:100])
+  with pytest.raises(errors.DataError, match="737,280 rendered images.*pass a limit"):
+    data.load("dsprites", "train")
+  np.testing.assert_array_equal(
+    data.load("dsprites", "train", limit=5).images,
+    np.asarray(dsprites.render(train_set.factors[:5])),
+  )
+
+
+@pytest.mark.parametrize(
+  "name, split, source, message",
+  [
+    ("dsprites", "test", "idx", "rendered from its factors.*got source 'idx'"),
+    ("mnist", "test", "rendered", "draws only the ground-truth data sets"),
+    ("dsprites", "valid", "auto", "split 'valid'.*train, test"),
+  ],
+)
+def test_rendered_data_refuses_what_it_cannot_draw(name, split, source, message):
+  with pytest.raises(errors.DataError, match=message):
+    data.load(name, split, source=source, limit=4)

@@ -30,8 +30,9 @@ Expected: Locatello et al. report, per model and data set, distributions
   eval/recon. Measured: not yet.
 Runtime: 300,000 steps; unmeasured on an accelerator; `tiny` trains in
   seconds on a CPU.
-Data: aejax/dsprites.py renders dSprites, but `data.name = "dsprites"` is not yet
-  a data set of the trainer (aejax/data.py), so today only `tiny` (MNIST) runs.
+Data: no file: the trainer renders each batch of dSprites from its factor
+  indices on device (aejax/dsprites.py, data source "rendered"); evaluation
+  uses a fixed 10,000 of the 737,280 combinations.
 Command:
   AEJAX_DATA_DIR=/path/to/data python -m aejax.main \
     --config=experiments/zoo/beta_tcvae.py --workdir=runs/beta_tcvae

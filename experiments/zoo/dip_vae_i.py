@@ -28,8 +28,9 @@ Runtime: 300,000 steps of batch 64; unmeasured on an accelerator. On a
   shared, busy 2-core CPU one training step of the default networks took
   0.8 to 2.4 s (measured on random 64x64 batches), so `cpu` (1,000 steps)
   takes 15 to 40 minutes there.
-Data: aejax/dsprites.py renders dSprites, but `data.name = "dsprites"` is not yet
-  a data set of the trainer (aejax/data.py), so today only `tiny` (MNIST) runs.
+Data: no file: the trainer renders each batch of dSprites from its factor
+  indices on device (aejax/dsprites.py, data source "rendered"); evaluation
+  uses a fixed 10,000 of the 737,280 combinations.
 Command:
   python -m aejax.main --config=experiments/zoo/dip_vae_i.py --workdir=runs/dip_vae_i
   python -m aejax.evaluate --workdir=runs/dip_vae_i
