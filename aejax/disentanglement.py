@@ -847,3 +847,80 @@ def factor_vae_score(
     "eval_accuracy": float(eval_votes_FxD[classifier_D, dims].sum() / num_eval),
     "num_active_dims": num_active,
   }
+
+
+# ---------------------------------------------------------------------------
+# Every score of one model.
+
+# The scalar scores `scores` returns, in the order reports list them: (key, what it is).
+SCORES = (
+  ("beta_vae_score", "beta-VAE score, eval accuracy"),
+  ("factor_vae_score", "FactorVAE score, eval accuracy"),
+  ("mig", "MIG"),
+  ("dci_disentanglement", "DCI disentanglement"),
+  ("dci_completeness", "DCI completeness"),
+  ("dci_informativeness", "DCI informativeness, test accuracy"),
+  ("sap", "SAP"),
+  ("modularity", "modularity"),
+  ("explicitness", "explicitness, test ROC AUC"),
+  ("gaussian_total_correlation", "Gaussian total correlation of the codes (nats)"),
+  ("mutual_info_score", "mutual information between code dimensions (nats)"),
+)
+
+
+def scores(
+  data: ground_truth.GroundTruthData,
+  encode: Encode,
+  key: jax.Array,
+  num_train: int = NUM_TRAIN,
+  num_eval: int = NUM_EVAL,
+  *,
+  num_trees: int = DCI_NUM_TREES,
+  encode_batch_size: int = ENCODE_BATCH_SIZE,
+) -> dict:
+  """Every metric of this module for one encoder, as disentanglement_lib's evaluation runs them.
+
+  One table of `num_train` codes and factors (sample_codes_and_factors) serves
+  MIG, the train side of DCI, SAP, modularity and explicitness and the
+  unsupervised scores; a second of `num_eval` codes their test side. The
+  beta-VAE and FactorVAE scores draw their own points: `num_train` training and
+  `num_eval` evaluation points, and `num_train` images for FactorVAE's variance
+  estimate. disentanglement_lib uses 10,000 and 5,000 throughout (the defaults);
+  fewer make every score cheaper and noisier. The beta-VAE score encodes
+  2 x 64 x (num_train + num_eval) images, most of the cost.
+
+  Keys: split(key, 4) gives the train table's, the test table's, the beta-VAE
+  and the FactorVAE score's keys.
+
+  Returns the SCORES keys (floats) and "mutual_info_matrix", (num_codes,
+  num_factors) nats: I(code_d; factor_j) of the train table's discretized codes,
+  what the MI heat map draws.
+  """
+  key_train, key_test, key_beta, key_factor = jax.random.split(key, 4)
+  table = dict(encode_batch_size=encode_batch_size)
+  codes_NxD, factors_NxF = sample_codes_and_factors(
+    data, encode, num_train, key_train, encode_batch_size
+  )
+  test_MxD, test_MxF = sample_codes_and_factors(data, encode, num_eval, key_test, encode_batch_size)
+  dci_scores = dci(codes_NxD, factors_NxF, test_MxD, test_MxF, num_trees=num_trees)
+  modular = modularity_explicitness(codes_NxD, factors_NxF, test_MxD, test_MxF)
+  unsupervised = unsupervised_scores(codes_NxD)
+  beta = beta_vae_score(data, encode, key_beta, num_train=num_train, num_eval=num_eval, **table)
+  factor = factor_vae_score(
+    data, encode, key_factor, num_train=num_train, num_eval=num_eval,
+    num_variance_estimate=num_train, **table,
+  )  # fmt: skip
+  return {
+    "beta_vae_score": beta["eval_accuracy"],
+    "factor_vae_score": factor["eval_accuracy"],
+    "mig": mig(codes_NxD, factors_NxF)["mig"],
+    "dci_disentanglement": dci_scores["disentanglement"],
+    "dci_completeness": dci_scores["completeness"],
+    "dci_informativeness": dci_scores["informativeness_test"],
+    "sap": sap(codes_NxD, factors_NxF, test_MxD, test_MxF),
+    "modularity": modular["modularity"],
+    "explicitness": modular["explicitness_test"],
+    "gaussian_total_correlation": unsupervised["gaussian_total_correlation"],
+    "mutual_info_score": unsupervised["mutual_info_score"],
+    "mutual_info_matrix": mutual_info_matrix(discretize(codes_NxD), factors_NxF),
+  }

@@ -16,6 +16,7 @@ from aejax import (
   accelerators,
   api,
   data,
+  disentanglement,
   errors,
   estimators,
   losses,
@@ -165,6 +166,7 @@ def evaluate(
   fid_extractor: fid_lib.FeatureExtractor | None = None,
   fid_cache_dir: str | pathlib.Path | None = None,
   fid_classifier_steps: int | None = None,
+  disentanglement_points: int = disentanglement.NUM_TRAIN,
   trust_model_code: bool = False,
 ) -> dict:
   """Evaluates the newest checkpoint of `workdir` on `split`; writes eval_results.{json,md} there.
@@ -199,6 +201,12 @@ def evaluate(
   every model `fid_reconstructions`; `fid_features`
   names the feature network: `fid_extractor`, by default the classifier aejax
   trains and caches (see `_fid_results` and aejax/fid.py; docs/evaluation.md).
+
+  Runs on a ground-truth data set (dSprites and its variants, data.GROUND_TRUTH)
+  also get every disentanglement score (disentanglement.SCORES, and
+  `mutual_info_matrix`), sampled with `disentanglement_points` training and
+  half as many evaluation points (disentanglement_lib: 10,000 and 5,000; 0
+  skips them). Their FID is omitted: no feature network is trained for them.
   """
   started = time.perf_counter()
   for name, value, allow_zero in (
@@ -206,6 +214,7 @@ def evaluate(
     ("batch_size", batch_size, False), ("probe_train_size", probe_train_size, True),
     ("seed", seed, True), ("limit", limit, False),
     ("fid_classifier_steps", fid_classifier_steps, False),
+    ("disentanglement_points", disentanglement_points, True),
   ):  # fmt: skip
     if value is not None:
       _check_positive(name, value, allow_zero=allow_zero)
@@ -261,7 +270,13 @@ def evaluate(
     ),
   )  # fmt: skip
 
-  if fid:
+  if config.data.name in data.GROUND_TRUTH:
+    notes += _add_disentanglement_results(
+      results, phases, handle, disentanglement_points, jax.random.fold_in(root, 2)
+    )
+  if fid and config.data.name in data.GROUND_TRUTH:
+    notes.append(f"fid omitted: aejax trains no FID feature network for {config.data.name}.")
+  elif fid:
     with phases.phase("fid"):
       fid_results, fid_notes = _fid_results(
         handle, eval_set, per_image["reconstruction"], fid_extractor, fid_cache_dir,
@@ -424,6 +439,24 @@ def _add_probe_results(
   return notes
 
 
+def _add_disentanglement_results(results, phases, handle, num_points: int, key) -> list[str]:
+  """Every disentanglement score of the encoder into `results`; returns notes on what was not."""
+  config = handle.config
+  if not num_points:
+    return ["disentanglement scores omitted: disentanglement_points=0."]
+  if handle.num_classes:
+    return ["disentanglement scores omitted: a conditional model's encoder is given the label."]
+  num_eval = max(2, num_points // 2)
+  with phases.phase("disentanglement", f"{num_points} + {num_eval} points per score"):
+    found = disentanglement.scores(
+      data.GROUND_TRUTH[config.data.name](), handle.encode, key, num_train=num_points,
+      num_eval=num_eval,
+    )  # fmt: skip
+  results["mutual_info_matrix"] = found.pop("mutual_info_matrix").tolist()
+  results.update(found, disentanglement_points=num_points)
+  return []
+
+
 def _fmt(value: float, stderr: float | None = None, digits: int = 2) -> str:
   text = f"{value:.{digits}f}"
   return text if stderr is None else f"{text} ± {stderr:.{digits}f}"
@@ -494,6 +527,14 @@ def markdown_table(results: dict) -> str:
       f"{_fmt(r['linear_probe_accuracy'], digits=4)} | fraction |",
       f"| {probes.KNN_NEIGHBOURS}-NN accuracy | {_fmt(r['knn_accuracy'], digits=4)} | fraction |",
     ]
+  if "mig" in r:
+    n = r["disentanglement_points"]
+    for key, what in disentanglement.SCORES:
+      unit = "nats" if "(nats)" in what else "[0, 1]"
+      what = what.replace(" (nats)", "")
+      lines.append(
+        f"| {what} ({n} + {max(2, n // 2)} points) | {_fmt(r[key], digits=4)} | {unit} |"
+      )
   if "fid_features" in r:
     features = r["fid_features"]
     on = f"squared feature distance on {features['name']}"
@@ -543,6 +584,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer(
     "fid_classifier_steps", 0, "> 0: FID classifier training steps (default: fid.default_steps)."
   )
+  flags.DEFINE_integer(
+    "disentanglement_points",
+    disentanglement.NUM_TRAIN,
+    "Ground-truth data sets: training points of each disentanglement score (evaluation: half).",
+  )
   flags.DEFINE_bool(
     "trust_model_code",
     False,
@@ -574,6 +620,7 @@ def main(argv: Sequence[str]) -> None:
           fid=f.fid,
           fid_cache_dir=f.fid_cache_dir,
           fid_classifier_steps=f.fid_classifier_steps or None,
+          disentanglement_points=f.disentanglement_points,
           trust_model_code=f.trust_model_code,
         )
       )

@@ -428,3 +428,25 @@ def test_bad_inputs_raise_naming_the_argument():
     dis.sample_codes_and_factors(data, lambda x: np.full((len(x), 2), np.nan), 10, key)
   with pytest.raises(ValueError, match="batch_size: expected an integer >= 2, got 1"):
     dis.factor_vae_score(data, _identity, key, batch_size=1)
+
+
+def test_scores_of_one_encoder_agree_with_each_metric_on_the_same_tables():
+  data, key = FactorImages(), jax.random.key(3)
+  found = dis.scores(data, _identity, key, num_train=400, num_eval=300, num_trees=10)
+  assert [k for k, _ in dis.SCORES] == [k for k in found if k != "mutual_info_matrix"]
+  key_train, key_test, key_beta, key_factor = jax.random.split(key, 4)
+  codes, factors = dis.sample_codes_and_factors(data, _identity, 400, key_train)
+  test_codes, test_factors = dis.sample_codes_and_factors(data, _identity, 300, key_test)
+  assert found["mig"] == pytest.approx(dis.mig(codes, factors)["mig"], abs=1e-12)
+  assert found["sap"] == pytest.approx(dis.sap(codes, factors, test_codes, test_factors))
+  dci = dis.dci(codes, factors, test_codes, test_factors, num_trees=10)
+  assert found["dci_disentanglement"] == pytest.approx(dci["disentanglement"])
+  assert found["dci_informativeness"] == pytest.approx(dci["informativeness_test"])
+  beta = dis.beta_vae_score(data, _identity, key_beta, num_train=400, num_eval=300)
+  assert found["beta_vae_score"] == beta["eval_accuracy"]
+  np.testing.assert_allclose(
+    found["mutual_info_matrix"], dis.mutual_info_matrix(dis.discretize(codes), factors)
+  )
+  # The identity code of this data set is disentangled: the top of every bounded score.
+  for name in ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement"):
+    assert found[name] > 0.9, name

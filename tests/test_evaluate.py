@@ -14,7 +14,7 @@ import pytest
 from helpers import tiny_digits_config
 from scipy import stats
 
-from aejax import errors, estimators, train
+from aejax import disentanglement, errors, estimators, train
 from aejax import evaluate as ev
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -339,3 +339,29 @@ def test_each_samplers_fid_gets_its_line_and_the_opt_out_is_respected():
   assert ev.fid_samplers(handle) == ()
   handle.num_classes, handle.model = 10, types.SimpleNamespace()
   assert ev.fid_samplers(handle) == ()
+
+
+def test_a_run_on_dsprites_gets_every_disentanglement_score(tmp_path):
+  c = tiny_digits_config()
+  c.data.name = "dsprites"
+  c.data.train_limit, c.data.eval_limit = 256, 64
+  c.model.latent_dim = 3
+  train.train_and_evaluate(c, str(tmp_path))
+  # The trainer rendered its batches from the factors (tests/test_train.py checks how).
+  run_info = json.loads((tmp_path / "run_info.json").read_text())
+  assert run_info["data"] == "dsprites/rendered" and run_info["num_train"] == 256
+  assert run_info["image_shape"] == [64, 64, 1] and run_info["has_labels"]
+  results = ev.evaluate(
+    tmp_path, nll_samples=2, limit=64, probe_train_size=100, disentanglement_points=200
+  )
+  assert results["disentanglement_points"] == 200
+  for key, what in disentanglement.SCORES:
+    assert math.isfinite(results[key]), key
+    if "nats" not in what:
+      assert 0.0 <= results[key] <= 1.0, key
+  assert np.asarray(results["mutual_info_matrix"]).shape == (3, 5)
+  assert any("fid omitted" in note for note in results["notes"])
+  table = (tmp_path / ev.RESULTS_MD).read_text()
+  assert "| MIG (200 + 100 points) |" in table
+  skipped = ev.evaluate(tmp_path, nll_samples=2, limit=64, fid=False, disentanglement_points=0)
+  assert "mig" not in skipped and "disentanglement_points=0" in " ".join(skipped["notes"])

@@ -308,17 +308,3 @@ def test_rendered_data_is_drawn_in_the_step_from_the_cut_factors():
   # The nuisance changes with the step; the sprite masks do not depend on it.
   other = dsprites.render_noisy(rows, jax.random.fold_in(keys["render"], 2))
   assert not np.array_equal(np.asarray(other), np.asarray(want))
-
-
-def test_a_run_trains_and_evaluates_on_rendered_dsprites(tmp_path):
-  c = _tiny_vae_config()
-  c.data.name = "dsprites"
-  c.data.train_limit, c.data.eval_limit = 256, 64
-  train.train_and_evaluate(c, str(tmp_path))
-  run_info = json.loads((tmp_path / "run_info.json").read_text())
-  assert run_info["data"] == "dsprites/rendered" and run_info["num_train"] == 256
-  assert run_info["image_shape"] == [64, 64, 1] and run_info["has_labels"]
-  final = json.loads((tmp_path / "final_metrics.json").read_text())
-  assert np.isfinite(final["eval/loss"])
-  handle = api.load(tmp_path)
-  assert handle.reconstruct(data.load("dsprites", "test", limit=3).images).shape == (3, 64, 64, 1)
