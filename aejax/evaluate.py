@@ -19,6 +19,7 @@ from aejax import (
   disentanglement,
   errors,
   estimators,
+  latent_figures,
   losses,
   parallel,
   probes,
@@ -31,6 +32,7 @@ from aejax import workdir as workdir_lib
 
 RESULTS_JSON = workdir_lib.EVAL_RESULTS_JSON
 RESULTS_MD = workdir_lib.EVAL_RESULTS_MD
+MUTUAL_INFO_PNG = "mutual_info.png"
 
 DEFAULT_NLL_SAMPLES = 5000  # Burda et al. (2016) report -L_5000 as the test NLL.
 DEFAULT_BATCH_SIZE = 256  # Images per jitted call, rounded up to a multiple of the devices.
@@ -272,7 +274,7 @@ def evaluate(
 
   if config.data.name in data.GROUND_TRUTH:
     notes += _add_disentanglement_results(
-      results, phases, handle, disentanglement_points, jax.random.fold_in(root, 2)
+      results, phases, handle, workdir, disentanglement_points, jax.random.fold_in(root, 2)
     )
   if fid and config.data.name in data.GROUND_TRUTH:
     notes.append(f"fid omitted: aejax trains no FID feature network for {config.data.name}.")
@@ -439,7 +441,9 @@ def _add_probe_results(
   return notes
 
 
-def _add_disentanglement_results(results, phases, handle, num_points: int, key) -> list[str]:
+def _add_disentanglement_results(
+  results, phases, handle, workdir: pathlib.Path, num_points: int, key
+) -> list[str]:
   """Every disentanglement score of the encoder into `results`; returns notes on what was not."""
   config = handle.config
   if not num_points:
@@ -452,8 +456,18 @@ def _add_disentanglement_results(results, phases, handle, num_points: int, key) 
       data.GROUND_TRUTH[config.data.name](), handle.encode, key, num_train=num_points,
       num_eval=num_eval,
     )  # fmt: skip
-  results["mutual_info_matrix"] = found.pop("mutual_info_matrix").tolist()
+  mutual_info = found.pop("mutual_info_matrix")
+  results["mutual_info_matrix"] = mutual_info.tolist()
   results.update(found, disentanglement_points=num_points)
+  if jax.process_index() == 0:
+    # Codes ordered by the factor they inform most, so a disentangled code reads as a diagonal.
+    order = np.lexsort((-mutual_info.max(axis=1), mutual_info.argmax(axis=1)))
+    latent_figures.save_mutual_info_matrix(
+      workdir / MUTUAL_INFO_PNG, mutual_info,
+      data.GROUND_TRUTH[config.data.name].factor_names,
+      title=f"I(code; factor), {num_points} points: {config.model.name} on {config.data.name}",
+      code_order=order,
+    )  # fmt: skip
   return []
 
 

@@ -395,3 +395,62 @@ def save_latent_noise(
     title,
     xlabel="each column: one latent code z; each row: decoded from z + Gaussian noise of that std",
   )
+
+
+def save_traversals(
+  path, rows: np.ndarray, values: np.ndarray, row_labels: Sequence[str], title: str, xlabel: str
+) -> pathlib.Path:
+  """Saves a PNG of latent traversals, one tiled row of images per latent dimension.
+
+  `rows` has shape (D, S, H, W, C): row d holds S decodings of one code with its dimension
+  (named by row_labels[d]) set to `values[d, s]`, the other dimensions held; `values` has shape
+  (D, S) (each row its own range) or (S,) (one range for every row). A few columns are headed
+  with their value when the rows share one range. Parent folders are created. Returns the path.
+  """
+  arr = _image_stack(rows, "rows", ("D", "S"))
+  d, s = arr.shape[:2]
+  grid = figures.to_float(values, "values")
+  if grid.shape not in ((s,), (d, s)):
+    raise ValueError(
+      f"values: expected shape ({s},) or ({d}, {s}) for rows {arr.shape}, got {grid.shape}"
+    )
+  header = None
+  if grid.ndim == 1:
+    gap = math.ceil(0.6 / _row_cell(s))
+    header = {int(k): f"{grid[k]:+.1f}" for k in _tick_indices(s, gap, gap)}
+  return _save_image_rows(
+    path, arr, _labels(row_labels, "row_labels", d), title, header=header, xlabel=xlabel
+  )
+
+
+def save_mutual_info_matrix(
+  path, mutual_info: np.ndarray, factor_names: Sequence[str], title: str, code_order=None
+) -> pathlib.Path:
+  """Saves a heat map of I(code_d; factor_j) in nats, codes as rows, factors as columns.
+
+  `mutual_info` has shape (D, F) (disentanglement.mutual_info_matrix); `code_order` (default:
+  as given) lists the code dimensions top to bottom. Each cell is written in it. Returns the path.
+  """
+  mi = figures.to_float(mutual_info, "mutual_info")
+  if mi.ndim != 2:
+    raise ValueError(f"mutual_info: expected a (codes, factors) matrix, got shape {mi.shape}")
+  figures.check_finite(mi, "mutual_info")
+  names = _labels(factor_names, "factor_names", mi.shape[1])
+  order = np.arange(mi.shape[0]) if code_order is None else np.asarray(code_order)
+  if sorted(order.tolist()) != list(range(mi.shape[0])):
+    raise ValueError(f"code_order: expected a permutation of 0..{mi.shape[0] - 1}, got {order}")
+  shown = mi[order]
+  with figures.subplots(
+    figsize=(1.6 + 1.0 * mi.shape[1], 1.0 + 0.35 * mi.shape[0]), layout="constrained"
+  ) as (fig, ax):
+    image = ax.imshow(shown, cmap="viridis", vmin=0.0, aspect="auto")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(order)), [latent_axis_label(int(i)) for i in order])
+    ax.set_xlabel("ground-truth factor")
+    high = shown.max() if shown.size else 0.0
+    for (r, c), value in np.ndenumerate(shown):
+      color = "black" if value > 0.6 * high else "white"
+      ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize="small", color=color)
+    fig.colorbar(image, ax=ax, label="mutual information (nats)")
+    ax.set_title(title)
+    return figures.save_figure(fig, path)

@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from aejax import configs, errors, report, runner, train
+from aejax import configs, disentanglement, errors, report, runner, train
 from aejax import workdir as workdir_lib
 from aejax.sweep_grid import (
   LOGS_DIR,
@@ -396,6 +396,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("eval_limit", 0, "> 0: evaluate on the first N test images only.")
   flags.DEFINE_integer("probe_train_size", 10000, "Training images the linear probe is fitted on.")
   flags.DEFINE_bool("fid", False, "Also compute FID in each evaluation.")
+  flags.DEFINE_integer(
+    "disentanglement_points",
+    disentanglement.NUM_TRAIN,
+    "Ground-truth data sets: training points of each disentanglement score (evaluation: half).",
+  )
   flags.DEFINE_float("status_every", 30.0, "Seconds between progress lines while runs train.")
   flags.mark_flags_as_required(["sweep_dir"])
 
@@ -453,6 +458,7 @@ def _sweep(f) -> None:
     "eval_limit": f.eval_limit,
     "probe_train_size": f.probe_train_size,
     "fid": f.fid,
+    "disentanglement_points": f.disentanglement_points,
     "vmap_seeds": f.vmap_seeds,
   }
   command = shlex.join(["python", sys.argv[0], *sys.argv[1:]])
@@ -462,6 +468,7 @@ def _sweep(f) -> None:
     f"--eval_limit={f.eval_limit}",
     f"--probe_train_size={f.probe_train_size}",
     f"--fid={str(f.fid).lower()}",
+    f"--disentanglement_points={f.disentanglement_points}",
   ]
   status = run_sweep(
     sweep_dir,

@@ -26,7 +26,17 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from aejax import accelerators, errors, evaluate, metrics, runner, sweep_grid, train, visualize
+from aejax import (
+  accelerators,
+  disentanglement,
+  errors,
+  evaluate,
+  metrics,
+  runner,
+  sweep_grid,
+  train,
+  visualize,
+)
 
 
 def _lock(workdir: pathlib.Path):
@@ -58,6 +68,7 @@ def work(
   eval_limit: int = 0,
   probe_train_size: int = 10000,
   fid: bool = False,
+  disentanglement_points: int = disentanglement.NUM_TRAIN,
 ) -> None:
   """Trains and evaluates the runs of `workdirs` (each with its sweep_run.json) that need it."""
   dirs = [pathlib.Path(w) for w in workdirs]
@@ -99,6 +110,7 @@ def work(
     signal.signal(signum, _exit_on_signal)
   options = dict(nll_samples=nll_samples, limit=eval_limit or None)
   options["probe_train_size"] = probe_train_size
+  options["disentanglement_points"] = disentanglement_points
   if "fid" in inspect.signature(evaluate.evaluate).parameters:
     options["fid"] = fid
   for d, c in zip(dirs, configs, strict=True):
@@ -144,6 +156,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("eval_limit", 0, "> 0: evaluate on the first N test images only.")
   flags.DEFINE_integer("probe_train_size", 10000, "Training images of the linear probe.")
   flags.DEFINE_bool("fid", False, "Also compute FID in the evaluation (where aejax has it).")
+  flags.DEFINE_integer(
+    "disentanglement_points", disentanglement.NUM_TRAIN, "Points of each disentanglement score."
+  )
   flags.mark_flags_as_required(["run_dir"])
 
 
@@ -162,6 +177,7 @@ def main(argv: Sequence[str]) -> None:
       eval_limit=f.eval_limit,
       probe_train_size=f.probe_train_size,
       fid=f.fid,
+      disentanglement_points=f.disentanglement_points,
     )
   )
 

@@ -202,6 +202,59 @@ def superres_from_noise(handle: TrainedModel, workdir: pathlib.Path, count: int 
   )
 
 
+# Traversals: decodings per row, the range in prior (VAE) or code (AE) standard deviations, and
+# at most this many dimensions (the most informative ones) so a wide latent stays readable.
+TRAVERSAL_STEPS = 9
+TRAVERSAL_RANGE = 2.5
+MAX_TRAVERSAL_ROWS = 16
+
+
+def traversals(
+  handle: TrainedModel, workdir: pathlib.Path, images: np.ndarray, labels, z_test: np.ndarray
+) -> pathlib.Path:
+  """One row per latent dimension: the first test image's code with that dimension swept.
+
+  VAEs: rows sorted by the dimension's mean KL(q(z_d|x) || N(0, 1)) over the test images
+  (the informative ones first), each swept over -2.5..2.5, the prior's standard deviations.
+  Autoencoders: rows sorted by the code's standard deviation over the test images, each swept
+  over its mean +- 2.5 of its standard deviations. The other dimensions keep the first image's
+  code (its posterior mean).
+  """
+  y = _labels_for(handle, labels)
+  steps = np.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, TRAVERSAL_STEPS, dtype=np.float32)
+  if handle.is_variational:
+    mean, logvar = handle.posterior(images, y)
+    kl_D = 0.5 * np.mean(mean**2 + np.exp(logvar) - 1.0 - logvar, axis=0)
+    order = np.argsort(-kl_D, kind="stable")
+    values = np.tile(steps, (len(order), 1))
+    names = [f"z[{d}]\nKL {kl_D[d]:.2f}" for d in order]
+    swept = f"each row: one dimension set to -{TRAVERSAL_RANGE}..{TRAVERSAL_RANGE} (prior std)"
+  else:
+    mean_D, std_D = z_test.mean(axis=0), z_test.std(axis=0)
+    order = np.argsort(-std_D, kind="stable")
+    values = mean_D[order, None] + std_D[order, None] * steps[None, :]
+    names = [f"z[{d}]\nstd {std_D[d]:.2f}" for d in order]
+    swept = f"each row: one dimension over its mean +- {TRAVERSAL_RANGE} code std"
+  shown = min(len(order), MAX_TRAVERSAL_ROWS)
+  base = z_test[:1]
+  base_y = None if y is None else np.repeat(y[:1], TRAVERSAL_STEPS)
+  rows = []
+  for d, row_values in zip(order[:shown], values[:shown], strict=True):
+    z = np.repeat(base, TRAVERSAL_STEPS, axis=0).astype(np.float32)
+    z[:, d] = row_values
+    rows.append(handle.decode(z, base_y))
+  which = "" if shown == len(order) else f", the {shown} of {len(order)} dimensions"
+  by = "KL" if handle.is_variational else "code std"
+  return latent_figures.save_traversals(
+    workdir / "traversals.png",
+    np.stack(rows),
+    steps if handle.is_variational else values[:shown],
+    names[:shown],
+    title=f"Latent traversals (rows by {by}{which}): {_title(handle)}",
+    xlabel=swept + "; the others hold the first test image's code",
+  )
+
+
 def write_final_outputs(handle: TrainedModel, eval_set: data.ImageSet, workdir) -> list[str]:
   """Every figure and table that applies to this model; returns the names written."""
   workdir = pathlib.Path(workdir)
@@ -229,6 +282,7 @@ def write_final_outputs(handle: TrainedModel, eval_set: data.ImageSet, workdir) 
   if len(images) >= 2:
     written.append(interpolation(handle, workdir, images, labels).name)
   written.append(latent_noise(handle, workdir, images, labels, z_test).name)
+  written.append(traversals(handle, workdir, images, labels, z_test).name)
   if handle.num_classes:
     written.append(class_grid(handle, workdir).name)
   if handle.config.task.name in ("denoise", "superres"):

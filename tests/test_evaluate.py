@@ -360,6 +360,7 @@ def test_a_run_on_dsprites_gets_every_disentanglement_score(tmp_path):
     if "nats" not in what:
       assert 0.0 <= results[key] <= 1.0, key
   assert np.asarray(results["mutual_info_matrix"]).shape == (3, 5)
+  assert (tmp_path / ev.MUTUAL_INFO_PNG).is_file()
   assert any("fid omitted" in note for note in results["notes"])
   table = (tmp_path / ev.RESULTS_MD).read_text()
   assert "| MIG (200 + 100 points) |" in table

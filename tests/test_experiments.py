@@ -101,6 +101,7 @@ def test_tiny_variant_trains_end_to_end(path, tmp_path, data_dir, monkeypatch):
     "curves.png",
     "interpolation.png",
     "latent_noise.png",
+    "traversals.png",
   }
   if json.loads((tmp_path / "run_info.json").read_text())["has_labels"]:
     expected.add("latent_scatter.png")

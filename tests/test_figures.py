@@ -659,3 +659,36 @@ def test_importing_aejax_leaves_the_matplotlib_backend_alone():
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == "svg"
+
+
+# save_traversals and save_mutual_info_matrix
+
+
+def test_save_traversals_heads_a_shared_range_and_labels_each_dimension(tmp_path, drawn):
+  rows = np.stack([_images(9, 16, 16, 1, seed=d) for d in range(3)])
+  names = ["z[2]\nKL 3.10", "z[0]\nKL 1.20", "z[1]\nKL 0.00"]
+  steps = np.linspace(-2.5, 2.5, 9)
+  path = latent_figures.save_traversals(tmp_path / "t.png", rows, steps, names, "Traversals", "x")
+  assert _read_png(path).shape[0] >= 3 * 16 * 2
+  (record,) = drawn
+  assert record["ylabels"] == names and record["xlabels"][-1] == "x"
+  assert record["xticks"][0][0] == "-2.5" and record["xticks"][0][-1] == "+2.5"
+  # Per-row ranges (an autoencoder's) get no shared header; a wrong shape is refused.
+  latent_figures.save_traversals(tmp_path / "u.png", rows, np.ones((3, 9)), names, "AE", "x")
+  assert drawn[1]["xticks"][0] == []
+  with pytest.raises(ValueError, match=r"values: expected shape \(9,\) or \(3, 9\)"):
+    latent_figures.save_traversals(tmp_path / "v.png", rows, np.ones(8), names, "bad", "x")
+
+
+def test_save_mutual_info_matrix_orders_codes_and_writes_every_cell(tmp_path, drawn):
+  mi = np.array([[0.0, 1.5], [0.9, 0.1], [0.2, 0.3]])
+  path = latent_figures.save_mutual_info_matrix(
+    tmp_path / "m.png", mi, ["shape", "scale"], "MI", code_order=[1, 0, 2]
+  )
+  _read_png(path)
+  heat = drawn[0]["axes"][0]
+  assert drawn[0]["yticks"][0] == ["z[1]", "z[0]", "z[2]"]
+  assert drawn[0]["xticks"][0] == ["shape", "scale"]
+  assert [t.get_text() for t in heat.texts] == ["0.90", "0.10", "0.00", "1.50", "0.20", "0.30"]
+  with pytest.raises(ValueError, match="code_order: expected a permutation"):
+    latent_figures.save_mutual_info_matrix(tmp_path / "n.png", mi, ["a", "b"], "MI", [0, 0, 1])
