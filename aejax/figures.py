@@ -413,3 +413,58 @@ def save_line_plots(
     for ax in axes.flat[len(names) :]:
       ax.set_visible(False)
     return save_figure(fig, path)
+
+
+def save_strip_plots(
+  path, panels: dict[str, dict[str, Sequence[float]]], title: str, ncols: int = 3
+) -> pathlib.Path:
+  """Saves a PNG of distributions over seeds: one subplot per panel, one column per category.
+
+  `panels` maps a panel name (e.g. a metric) to {category (e.g. a configuration): values (one
+  per seed)}; every value is a dot (spread sideways so that equal values stay visible) and
+  each category's mean a short bar. Categories keep their order along x; NaN values (missing
+  runs) are left out. Parent folders are created. Returns the path.
+  """
+  if not isinstance(panels, Mapping) or not panels:
+    raise ValueError(
+      f"panels: expected a non-empty dict of panel -> {{category: values}}, got {panels!r}"
+    )
+  data = {}
+  for panel, categories in panels.items():
+    if not isinstance(categories, Mapping) or not categories:
+      raise ValueError(
+        f"panels[{panel!r}]: expected a non-empty dict of category -> values, got {categories!r}"
+      )
+    data[panel] = {
+      name: to_float(values, f"panels[{panel!r}][{name!r}]").reshape(-1)
+      for name, values in categories.items()
+    }
+  names = list(data)
+  ncols = min(ncols, len(names))
+  nrows = math.ceil(len(names) / ncols)
+  widest = max(len(c) for c in data.values())
+  rng = np.random.default_rng(0)  # The sideways spread only; fixed so figures are reproducible.
+  with subplots(
+    nrows=nrows,
+    ncols=ncols,
+    squeeze=False,
+    figsize=(max(4.0, 0.45 * widest + 1.5) * ncols, 3.6 * nrows + 0.8),
+    layout="constrained",
+  ) as (fig, axes):
+    fig.suptitle(title)
+    for ax, panel in zip(axes.flat, names, strict=False):
+      categories = list(data[panel])
+      for i, name in enumerate(categories):
+        ys = data[panel][name]
+        ys = ys[np.isfinite(ys)]
+        if ys.size == 0:
+          continue
+        xs = i + rng.uniform(-0.15, 0.15, ys.size)
+        ax.plot(xs, ys, "o", markersize=3.5, alpha=0.7, color=f"C{i % 10}")
+        ax.plot([i - 0.3, i + 0.3], [ys.mean()] * 2, color="black", linewidth=1.5)
+      ax.set_xticks(range(len(categories)), categories, rotation=60, ha="right", fontsize="small")
+      ax.set_title(panel)
+      ax.grid(True, axis="y", alpha=0.3)
+    for ax in axes.flat[len(names) :]:
+      ax.set_visible(False)
+    return save_figure(fig, path)

@@ -25,7 +25,19 @@ import ml_collections
 import numpy as np
 import optax
 
-from aejax import api, data, figures, latent_figures, models, parallel, steps, sweep_grid, visualize
+from aejax import (
+  api,
+  data,
+  disentanglement,
+  figures,
+  latent_figures,
+  models,
+  parallel,
+  steps,
+  study_stats,
+  sweep_grid,
+  visualize,
+)
 from aejax import workdir as workdir_lib
 
 REPORT_MD = "report.md"
@@ -34,6 +46,7 @@ RUNS_CSV = "runs.csv"
 METRICS_PNG = "metrics.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
 SAMPLES_PNG = "samples.png"
+DISENTANGLEMENT_PNG = "disentanglement.png"
 
 # (key, title, digits): the table's columns, from eval_results.json except the last three.
 METRICS = (
@@ -45,6 +58,8 @@ METRICS = (
   ("bce_per_pixel", "reconstruction BCE per pixel", 4),
   ("mse", "reconstruction MSE per pixel", 4),
   ("linear_probe_accuracy", "linear-probe accuracy", 3),
+  # Runs on a ground-truth data set (dSprites): aejax/disentanglement.py's scores.
+  *((key, what, 2 if "(nats)" in what else 3) for key, what in disentanglement.SCORES),
   ("fid", "FID, prior samples", 2),
   ("fid_gmm", "FID, ex-post GMM samples", 2),
   ("fid_two_stage", "FID, two-stage VAE samples", 2),
@@ -404,6 +419,64 @@ def _subject(runs: Sequence[dict]) -> str:
   return f"{what} on {', '.join(datasets)}"
 
 
+def _disentanglement_section(
+  sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequence[dict], figures_too: bool
+) -> list[str]:
+  """The study's questions, for runs with disentanglement scores: seed spread, agreement, shares.
+
+  Locatello et al. (2019) ask of every score how much the seed moves it, whether the scores
+  agree on which models are better, and how much of a score is the model and its
+  hyper-parameter rather than the seed (aejax/study_stats.py).
+  """
+  scored = [r for r in runs if r["status"] == "finished" and r["metrics"].get("mig") is not None]
+  if not scored:
+    return []
+  keys = [k for k, _ in disentanglement.SCORES if any(k in r["metrics"] for r in scored)]
+  label_of = {name: row["configuration"] for row in rows for name in row["runs"]}
+  columns = {k: [r["metrics"].get(k, float("nan")) for r in scored] for k in keys}
+  lines = ["## Disentanglement: seeds, agreement between the scores, variance shares", ""]
+  if figures_too:
+    panels = {}
+    for key, what in disentanglement.SCORES:
+      if key in keys:
+        by_configuration = {}
+        for run, value in zip(scored, columns[key], strict=True):
+          by_configuration.setdefault(label_of[run["name"]], []).append(value)
+        panels[what] = by_configuration
+    figures.save_strip_plots(
+      sweep_dir / DISENTANGLEMENT_PNG, panels,
+      f"Disentanglement scores per configuration, one dot per seed ({len(scored)} runs)",
+      ncols=4,
+    )  # fmt: skip
+    lines += [f"![disentanglement scores]({DISENTANGLEMENT_PNG})", ""]
+  names, matrix, used = study_stats.spearman_matrix(columns)
+  lines += [
+    f"Spearman rank correlation between the scores over the {used} runs that have them all "
+    "(1: they rank the runs alike; Locatello et al. 2019, Fig. 4):",
+    "",
+    "| | " + " | ".join(names) + " |",
+    "|---|" + "---|" * len(names),
+  ]
+  for name, row in zip(names, matrix, strict=True):
+    lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+  models_of = [r["config"].model.name for r in scored]
+  configurations = [label_of[r["name"]] for r in scored]
+  lines += [
+    "",
+    "Share of each score's variance over the runs that is the model, its hyper-parameters "
+    "(within the model) and the seed (within a configuration): the nested sums of squares "
+    "(aejax/study_stats.py), in percent:",
+    "",
+    "| score | model | hyper-parameters | seed | runs |",
+    "|---|---|---|---|---|",
+  ]
+  for key in keys:
+    shares = study_stats.variance_shares(columns[key], models_of, configurations)
+    cells = [f"{100 * shares[k]:.0f}" for k in ("model", "hyperparameters", "seed")]
+    lines.append(f"| {key} | " + " | ".join(cells) + f" | {shares['runs']} |")
+  return lines + [""]
+
+
 def write_report(sweep_dir: str | pathlib.Path, figures_too: bool = True) -> pathlib.Path:
   """Writes report.md, results.csv, runs.csv and the PNGs into sweep_dir; returns report.md."""
   sweep_dir = pathlib.Path(sweep_dir)
@@ -468,6 +541,7 @@ def write_report(sweep_dir: str | pathlib.Path, figures_too: bool = True) -> pat
   ]
   if plotted:
     lines += ["## Metrics against latent size", "", f"![metrics]({METRICS_PNG})", ""]
+  lines += _disentanglement_section(sweep_dir, runs, rows, figures_too)
   if sheets.get("reconstructions") or sheets.get("samples"):
     lines += ["## Reconstructions and samples (lowest seed of each configuration)", ""]
     for key in ("reconstructions", "samples"):

@@ -692,3 +692,18 @@ def test_save_mutual_info_matrix_orders_codes_and_writes_every_cell(tmp_path, dr
   assert [t.get_text() for t in heat.texts] == ["0.90", "0.10", "0.00", "1.50", "0.20", "0.30"]
   with pytest.raises(ValueError, match="code_order: expected a permutation"):
     latent_figures.save_mutual_info_matrix(tmp_path / "n.png", mi, ["a", "b"], "MI", [0, 0, 1])
+
+
+def test_save_strip_plots_draws_a_dot_per_seed_and_a_mean_per_category(tmp_path, drawn):
+  panels = {"MIG": {"beta=1": [0.1, 0.2, np.nan], "beta=4": [0.3]}, "SAP": {"beta=1": [0.0]}}
+  _read_png(figures.save_strip_plots(tmp_path / "s.png", panels, "Scores", ncols=2))
+  (record,) = drawn
+  assert record["titles"] == ["MIG", "SAP"] and record["suptitle"] == "Scores"
+  assert record["xticks"][0] == ["beta=1", "beta=4"]
+  mig = record["axes"][0]
+  dots = [line for line in mig.lines if line.get_marker() == "o"]
+  assert [len(d.get_ydata()) for d in dots] == [2, 1]  # The NaN seed is left out.
+  means = [line.get_ydata()[0] for line in mig.lines if line.get_marker() != "o"]
+  assert means == pytest.approx([0.15, 0.3])
+  with pytest.raises(ValueError, match=r"panels\['SAP'\]: expected a non-empty dict"):
+    figures.save_strip_plots(tmp_path / "t.png", {"SAP": {}}, "bad")

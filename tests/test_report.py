@@ -4,10 +4,11 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 from helpers import tiny_digits_config
 
-from aejax import report, sweep_grid
+from aejax import report, study_stats, sweep_grid
 
 
 def _fake_run(sweep_dir, latent_dim, seed, nll=None, seconds=10.0, group=1):
@@ -104,3 +105,39 @@ def test_a_sweep_over_models_names_them_and_draws_no_latent_size_plot(tmp_path):
   assert not (tmp_path / report.METRICS_PNG).exists() and "against latent size" not in text
   # NLL 30.000 and 30.001 differ below the column's 2 digits: the spread keeps one digit.
   assert "30.00 ± 0.0007" in text and "± 0.00 " not in text
+
+
+def test_disentanglement_runs_get_the_study_section(tmp_path):
+  # Two models, model a at two betas, two seeds each; MIG rises with beta, SAP follows it.
+  mig = {
+    ("dense_vae", 1.0): [0.10, 0.12], ("dense_vae", 4.0): [0.30, 0.26],
+    ("dense_ae", 1.0): [0.05, 0.09],
+  }  # fmt: skip
+  for (model, beta), values in mig.items():
+    for seed, value in enumerate(values):
+      name = _fake_run(tmp_path, 2, seed, nll=30.0)
+      results_path = tmp_path / name / "eval_results.json"
+      results = json.loads(results_path.read_text())
+      results.update(
+        mig=value, sap=value / 2, factor_vae_score=0.5 + seed, disentanglement_points=9
+      )
+      results_path.write_text(json.dumps(results))
+      record = json.loads((tmp_path / name / sweep_grid.RUN_RECORD).read_text())
+      record["overrides"] = {"model.name": model, "objective.beta": beta, "seed": seed}
+      record["config"]["model"]["name"] = model
+      (tmp_path / name / sweep_grid.RUN_RECORD).write_text(json.dumps(record))
+      (tmp_path / name / "config.json").write_text(json.dumps(record["config"]))
+      os.rename(tmp_path / name, tmp_path / f"{model},{beta},{seed}")
+  text = report.write_report(tmp_path).read_text()
+  assert (tmp_path / report.DISENTANGLEMENT_PNG).is_file()
+  assert "Spearman rank correlation between the scores over the 6 runs" in text
+  # MIG and SAP rank the runs alike; the FactorVAE score here is the seed alone.
+  assert "| mig | 0.10 | 1.00 | 1.00 |" in text
+  assert "| factor_vae_score | 0 | 0 | 100 | 6 |" in text
+  values = np.array([v for vs in mig.values() for v in vs])
+  models = ["dense_vae"] * 4 + ["dense_ae"] * 2
+  share = study_stats.variance_shares(values, models, ["1", "1", "4", "4", "1", "1"])
+  cells = [f"{100 * share[k]:.0f}" for k in ("model", "hyperparameters", "seed")]
+  assert f"| mig | {' | '.join(cells)} | 6 |" in text
+  rows = list(csv.DictReader((tmp_path / report.RESULTS_CSV).read_text().splitlines()))
+  assert sorted(float(r["mig_mean"]) for r in rows) == pytest.approx([0.07, 0.11, 0.28])
