@@ -158,17 +158,26 @@ def parse_name(name: str) -> dict[str, object]:
 
 
 def resolve(base: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-  """A copy of `base` with `overrides` ({dotted field: value}) set; unknown fields are an error."""
+  """A copy of `base` with `overrides` ({dotted field: value}) set; unknown fields are an error.
+
+  model.options is the free group of a model's own knobs (aejax/zoo/options.py, which checks
+  them when the model is built): a sweep may add a name there that the base config lacks.
+  """
   config = copy.deepcopy(base)
   for field, value in overrides.items():
     *parents, leaf = field.split(".")
     node = config
     for part in parents:
       node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    free = parents == ["model", "options"]
+    if not isinstance(node, ml_collections.ConfigDict) or (leaf not in node and not free):
       raise errors.ConfigError(f"config.{field}: no such config field (sweep override)")
     try:
-      node[leaf] = value
+      if leaf in node:
+        node[leaf] = value
+      else:
+        with node.unlocked():  # A new name in model.options (a locked config refuses it).
+          node[leaf] = value
     except TypeError as error:
       raise errors.ConfigError(f"config.{field}: {value!r} does not fit: {error}") from error
   return config

@@ -112,6 +112,10 @@ def test_resolve_sets_fields_and_names_bad_ones(tmp_path):
     sweep_grid.resolve(_base(), {"model.latnt_dim": 3})
   with pytest.raises(errors.ConfigError, match=r"config\.model\.latent_dim: 2\.5 does not fit"):
     sweep_grid.resolve(_base(), {"model.latent_dim": 2.5})
+  # A model's own knobs are a free group: a sweep may name one the base config lacks.
+  assert sweep_grid.resolve(_base(), {"model.options.gamma": 20.0}).model.options.gamma == 20.0
+  with pytest.raises(errors.ConfigError, match=r"config\.model\.opts\.gamma: no such config"):
+    sweep_grid.resolve(_base(), {"model.opts.gamma": 20.0})
 
 
 def test_runs_differing_only_in_seed_share_a_job(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from test_experiments import ZOO_EXPERIMENTS, load_experiment
 
 import aejax
-from aejax import evaluate, models, steps, train
+from aejax import configs, evaluate, models, steps, sweep, sweep_grid, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -101,3 +101,25 @@ def test_zoo_model_trains_resumes_exactly_loads_and_evaluates(path, tmp_path, da
     # -L_k is an upper bound on the NLL that tightens with k only in expectation; over 32
     # images it must at least be of the same size as the ELBO.
     assert results["nll"] == pytest.approx(-results["elbo"], rel=0.5)
+
+
+def test_the_disentanglement_study_runs_the_family_over_its_grids_in_populations(tmp_path):
+  module = load_experiment(ROOT / "experiments" / "disentanglement_study.py")
+  full = sweep_grid.from_sweep_fn(module.sweep, None)
+  assert {o["model.name"] for o in full} == set(models.DISENTANGLEMENT_FAMILY)
+  assert len(full) == 6 * 6  # Locatello et al.'s six models, six values each.
+  gammas = [o["model.options.gamma"] for o in full if o["model.name"] == "factor_vae"]
+  assert gammas == [10.0, 20.0, 30.0, 40.0, 50.0, 100.0]
+  small = sweep_grid.expand(module.sweep, "tiny", seeds=[0, 1])
+  runs = sweep_grid.make_runs(module.get_config("tiny"), small, tmp_path)
+  assert len(runs) == 6 * 2 * 2
+  for run in runs:
+    configs.validate(run.config, num_devices=8)
+    # Every model accepts its options from the sweep (a bad one is a ConfigError here).
+    models.build_model(run.config.model, (64, 64, 1))
+  annealed = [r for r in runs if r.config.model.name == "annealed_vae"]
+  assert {r.config.model.options.c_max for r in annealed} == {5.0, 100.0}
+  assert all(r.config.objective.kl_warmup_steps == 5 for r in annealed)  # A third of 16.
+  # Seeds and the KL weight vmap: beta_vae's two betas x two seeds are one program.
+  jobs = sweep.plan_jobs(runs, vmap_seeds=True, max_group=8)
+  assert sorted(len(j) for j in jobs) == [2] * 8 + [4] * 2
