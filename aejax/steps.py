@@ -133,16 +133,36 @@ def make_optimizer(
   model, config, total_steps: int, steps_per_epoch: int, learning_rate=None
 ) -> optax.GradientTransformation:
   """config.optimizer for the model's parameters, and a copy with its own state for each extra
-  parameter group; a state group gets no update from it (and holds no optimizer state). Without
-  extra or state groups it is exactly optim.make_optimizer (the optimizer state of every
-  checkpoint written so far)."""
+  parameter group (with the fields the model's `group_optimizer(group)` replaces, if it has
+  one); a state group gets no update from it (and holds no optimizer state). Without extra or
+  state groups it is exactly optim.make_optimizer (the optimizer state of every checkpoint
+  written so far)."""
   make = functools.partial(
     optim.make_optimizer, config.optimizer, total_steps, steps_per_epoch, learning_rate
   )
   groups, held = param_groups(model), state_groups(model)
   if not groups and not held:
     return make()
-  transforms = {"model": make(), **{group: make() for group in groups}}
+
+  def make_for(group):
+    # A model may give a group settings of its own (FactorVAE's discriminator: dlib's Adam with
+    # b1 0.5, b2 0.9): config.optimizer with those fields replaced. Its own learning rate, when
+    # set, is fixed: a population's learning rates are the main optimizer's.
+    settings = dict(model.group_optimizer(group)) if hasattr(model, "group_optimizer") else {}
+    if not settings:
+      return make()
+    group_config = ml_collections.ConfigDict(config.optimizer.to_dict())
+    for field, value in settings.items():
+      if field not in group_config:
+        raise errors.ConfigError(
+          f"model {config.model.name!r}: group_optimizer({group!r}) sets {field!r}, which "
+          f"config.optimizer does not have"
+        )
+      group_config[field] = value
+    rate = None if "learning_rate" in settings else learning_rate
+    return optim.make_optimizer(group_config, total_steps, steps_per_epoch, rate)
+
+  transforms = {"model": make(), **{group: make_for(group) for group in groups}}
   transforms.update({group: optax.set_to_zero() for group in held})
   own = set(groups) | set(held)
   return optax.multi_transform(

@@ -201,16 +201,16 @@ def test_one_step_moves_each_player_by_adam_on_its_own_objective():
   both = jax.jit(lambda p: [jax.grad(mean_term)(p, n) for n in ("loss", "loss_discriminator")])
   grad_loss, grad_disc = jax.tree.map(np.asarray, both(state.params))
 
-  def adam_first_step(param, grad):
-    # Adam's bias-corrected first update: m_hat = g, v_hat = g^2.
+  def adam_first_step(param, grad, lr):
+    # Adam's bias-corrected first update: m_hat = g, v_hat = g^2 (whatever b1 and b2).
     g = grad.astype(np.float64)
-    return np.asarray(param, np.float64) - c.optimizer.learning_rate * g / (
-      np.abs(g) + c.optimizer.eps
-    )
+    return np.asarray(param, np.float64) - lr * g / (np.abs(g) + c.optimizer.eps)
 
   old, new = jax.tree.map(np.asarray, state.params), jax.tree.map(np.asarray, new_state.params)
+  rates = {"encoder": c.optimizer.learning_rate, "decoder": c.optimizer.learning_rate}
+  rates["discriminator"] = factor_vae.DEFAULTS["discriminator_learning_rate"]  # Its own Adam.
   for part, grads in (("encoder", grad_loss), ("decoder", grad_loss), ("discriminator", grad_disc)):
-    want = jax.tree.map(adam_first_step, old[part], grads[part])
+    want = jax.tree.map(functools.partial(adam_first_step, lr=rates[part]), old[part], grads[part])
     jax.tree.map(lambda w, g: np.testing.assert_allclose(g, w, atol=1e-6), want, new[part])
   assert {"loss", "loss_discriminator", "tc_estimate", "discriminator_accuracy"} <= set(metrics)
 
@@ -240,3 +240,26 @@ def test_other_objectives_and_labels_are_refused():
   c.objective.name = "iwae"
   with pytest.raises(errors.ConfigError, match=r"config\.objective.*'iwae'"):
     _losses(model, params, x, c, 1.0, jax.random.key(0))
+
+
+def test_the_discriminator_has_dlibs_adam_and_the_vae_config_optimizer():
+  config = _config()
+  config.optimizer.name, config.optimizer.learning_rate = "adam", 1e-3
+  config.optimizer.b1, config.optimizer.b2, config.optimizer.eps = 0.9, 0.999, 0.0
+  model, params, _ = _setup(config)
+  tx = steps.make_optimizer(model, config, total_steps=10, steps_per_epoch=10)
+  opt_state = tx.init(params)
+  # Two Adam steps with gradients +1 then -1: the first moves every parameter by -lr, the
+  # second by lr (1 - b1) / (1 + b1) (the bias-corrected second moment is then exactly 1).
+  moves = []
+  for sign in (1.0, -1.0):
+    grads = jax.tree.map(lambda p, s=sign: jnp.full_like(p, s), params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    moves.append(updates)
+  for group, (lr, b1) in {"discriminator": (1e-4, 0.5), "encoder": (1e-3, 0.9)}.items():
+    for leaf in jax.tree.leaves(moves[0][group]):
+      np.testing.assert_allclose(leaf, -lr, rtol=1e-5)
+    for leaf in jax.tree.leaves(moves[1][group]):
+      np.testing.assert_allclose(leaf, lr * (1 - b1) / (1 + b1), rtol=1e-4)
+  with pytest.raises(errors.ConfigError, match="discriminator_b1: must lie in"):
+    factor_vae.build(_config(discriminator_b1=1.0).model, SHAPE)

@@ -52,10 +52,10 @@ two logits; Glorot-uniform kernels, as TensorFlow's dense layers in dlib.
 Deviations from disentanglement_lib: dlib clips D's probabilities to
 [1e-6, 1 - 1e-6] before the log in the discriminator's loss; here the
 cross-entropy is the exact log-softmax (no clipping, so no zero gradient for a
-confident D). dlib gives the discriminator its own Adam (lr 1e-4, b1 0.5,
-b2 0.9); aejax has no per-group optimizer settings, so the discriminator gets
-its own copy (and state) of config.optimizer (dlib's VAE Adam: lr 1e-4, b1 0.9,
-b2 0.999). Both players take one simultaneous step on the same batch, as in
+confident D). As in dlib, the discriminator has its own Adam (options
+`discriminator_learning_rate` 1e-4, `discriminator_b1` 0.5, `discriminator_b2`
+0.9, on a constant schedule: `group_optimizer`), the VAE config.optimizer.
+Both players take one simultaneous step on the same batch, as in
 dlib (Kim & Mnih's training algorithm, as we read it, permutes the codes of a
 second batch).
 Only the one-sample ELBO objective (objective.name "elbo", num_samples 1).
@@ -78,6 +78,10 @@ DEFAULTS = {
   "network": "dense",
   "gamma": 10.0,
   "discriminator_widths": (1000,) * 6,
+  # dlib's discriminator_optimizer: Adam, lr 1e-4, beta1 0.5, beta2 0.9 (Kim & Mnih, App. A).
+  "discriminator_learning_rate": 1e-4,
+  "discriminator_b1": 0.5,
+  "discriminator_b2": 0.9,
 }
 
 
@@ -139,8 +143,20 @@ class FactorVAE(VAE):
 
   discriminator: nn.Module | None = None
   gamma: float = 10.0
+  discriminator_learning_rate: float = 1e-4
+  discriminator_b1: float = 0.5
+  discriminator_b2: float = 0.9
 
   extra_param_groups: tuple[str, ...] = ("discriminator",)  # Descends loss_discriminator.
+
+  def group_optimizer(self, group: str) -> dict:
+    """The discriminator's own Adam: the config.optimizer fields steps.make_optimizer replaces."""
+    if group != "discriminator":
+      return {}
+    return {
+      "name": "adam", "schedule": "constant", "learning_rate": self.discriminator_learning_rate,
+      "b1": self.discriminator_b1, "b2": self.discriminator_b2,
+    }  # fmt: skip
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, key=None, label_B=None) -> dict[str, jax.Array]:
@@ -209,6 +225,12 @@ def build(model_config, image_shape) -> FactorVAE:
   gamma = opts["gamma"]
   options.check(gamma >= 0.0, model_config, "gamma", f"must be >= 0, got {gamma}")
   check_positive_widths(model_config, "discriminator_widths", opts["discriminator_widths"])
+  rate = opts["discriminator_learning_rate"]
+  options.check(rate > 0.0, model_config, "discriminator_learning_rate", f"must be > 0, got {rate}")
+  for name in ("discriminator_b1", "discriminator_b2"):
+    options.check(
+      0.0 <= opts[name] < 1.0, model_config, name, f"must lie in [0, 1), got {opts[name]}"
+    )
   if int(model_config.get("num_classes", 0)):
     raise errors.ConfigError(
       f"config.model.num_classes: model {model_config.name!r} is not conditional; set it to 0"
@@ -226,4 +248,7 @@ def build(model_config, image_shape) -> FactorVAE:
     latent_dim=int(model_config.latent_dim),
     discriminator=Discriminator(tuple(int(w) for w in opts["discriminator_widths"]), dtype=dtype),
     gamma=float(gamma),
+    discriminator_learning_rate=float(opts["discriminator_learning_rate"]),
+    discriminator_b1=float(opts["discriminator_b1"]),
+    discriminator_b2=float(opts["discriminator_b2"]),
   )
