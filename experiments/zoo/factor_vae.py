@@ -9,11 +9,11 @@ What: FactorVAE in the setting of disentanglement_lib's unsupervised study
   smallest value of the study's grid {10, 20, 30, 40, 50, 100}; dlib has no
   default), the discriminator an MLP of six hidden layers of 1000 leaky-ReLU
   units trained on its cross-entropy of codes against dimension-wise permuted
-  codes; Adam lr 1e-4 (b1 0.9, b2 0.999, eps 1e-8), batch 64, 300,000 steps.
-  Differences from dlib: the discriminator's Adam is a copy of the VAE's
-  (dlib: b1 0.5, b2 0.9; aejax has no per-group optimizer settings); the
-  discriminator's cross-entropy is not clipped at probability 1e-6; aejax
-  evaluates on the data set's evaluation split, dlib on training images.
+  codes with its own Adam (lr 1e-4, b1 0.5, b2 0.9, dlib's); the VAE's Adam
+  lr 1e-4 (b1 0.9, b2 0.999, eps 1e-8), batch 64, 300,000 steps.
+  Differences from dlib: the discriminator's cross-entropy is not clipped at
+  probability 1e-6; aejax evaluates on the data set's evaluation split, dlib
+  on training images.
   Sweep `model.options.gamma` over the grid to reproduce the study's row.
 Arguments (comma-separated, e.g. `:cpu`):
   cpu   a short run: 1,000 steps; NOT the reproduction, it checks the
