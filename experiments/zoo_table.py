@@ -20,7 +20,7 @@ Expected: not a reproduction of any paper (the published rows are in
   VAEs' NLLs lie within a few nats of each other, the importance-weighted
   objectives lowest; the deterministic models have no NLL, reconstruct best and
   sample only through the ex-post mixture. Measured: docs/zoo.md.
-Runtime: :cpu about three hours for 15 models x 3 seeds on a 2-core CPU,
+Runtime: :cpu about four hours for 15 models x 3 seeds on a 2-core CPU,
   most of it the importance-weighted objectives (64 samples per image) and
   vq_vae (docs/zoo.md has the measured times); :tiny seconds per run.
 Command:
