@@ -206,8 +206,9 @@ def _fmt(mean, std, digits: int) -> str:
   if mean is None:
     return "–"
   text = f"{mean:,.{digits}f}"
-  # No "± 0" for what cannot vary over seeds (parameters) or is shared (a vmapped group's time).
-  if not std:
+  # No "± 0" for what cannot vary over seeds (parameters) or is shared (a vmapped group's time,
+  # whose equal shares differ by rounding alone).
+  if not std or std <= 1e-9 * abs(mean):
     return text
   # A spread smaller than the column's last digit keeps one significant digit, not "± 0".
   spread = f"{std:.{digits}f}" if round(std, digits) else f"{std:.1g}"

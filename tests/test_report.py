@@ -105,6 +105,8 @@ def test_a_sweep_over_models_names_them_and_draws_no_latent_size_plot(tmp_path):
   assert not (tmp_path / report.METRICS_PNG).exists() and "against latent size" not in text
   # NLL 30.000 and 30.001 differ below the column's 2 digits: the spread keeps one digit.
   assert "30.00 ± 0.0007" in text and "± 0.00 " not in text
+  # Equal shares of a vmapped group's time differ by rounding alone: no spread is shown.
+  assert report._fmt(109.0, 2e-14, 0) == "109"
 
 
 def test_disentanglement_runs_get_the_study_section(tmp_path):
