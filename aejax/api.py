@@ -272,7 +272,7 @@ def load(
   # The abstract state (shapes only) of this config, on one device, to restore into.
   model = models.build_model(config.model, image_shape, trust_model_code=trust_model_code)
   tx = steps.make_optimizer(model, config, max(1, config.total_steps), 1)
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
   abstract = jax.eval_shape(
     lambda: steps.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
   )

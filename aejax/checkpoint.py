@@ -53,16 +53,22 @@ def checkpoint_manager(workdir: str | pathlib.Path, keep: int) -> ocp.Checkpoint
 def read_only_manager(directory: str | pathlib.Path, **kwargs) -> ocp.CheckpointManager:
   """A CheckpointManager that only reads `directory` (loading never changes a workdir).
 
+  It is this process's alone: in a multi-process run any one process may load a
+  checkpoint without the others (Orbax would otherwise wait for all of them).
   Orbax warns three times that a read-only manager is read-only; those lines would be the
   only warnings of a healthy run, so they are kept out of the log while it is built.
   """
+  this_process = jax.process_index()
+  alone = ocp.options.MultiprocessingOptions(
+    primary_host=this_process, active_processes={this_process}
+  )
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)
   try:
     return ocp.CheckpointManager(
       pathlib.Path(directory).absolute(),
-      options=ocp.CheckpointManagerOptions(read_only=True),
+      options=ocp.CheckpointManagerOptions(read_only=True, multiprocessing_options=alone),
       **kwargs,
     )
   finally:

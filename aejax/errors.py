@@ -56,3 +56,10 @@ class DataError(ValueError):
 
   The message names the data set, file/folder and the problem, and says what to do.
   """
+
+
+class DistributedError(RuntimeError):
+  """The processes of a multi-process run could not meet, or one of them failed.
+
+  The message names the coordinator address, the process and the timeout.
+  """

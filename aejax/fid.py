@@ -359,7 +359,7 @@ def _restore(folder: pathlib.Path) -> tuple[nn.Module, dict, dict]:
       f"{info_path}: unreadable ({e}); delete {folder} and it will be trained again"
     ) from e
   model = Classifier(num_classes)
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
   abstract = jax.eval_shape(
     lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))["params"]
   )

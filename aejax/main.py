@@ -3,17 +3,36 @@
 import re
 import sys
 
-import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from aejax import accelerators, configs, errors, runner, train, visualize
+from aejax import accelerators, configs, distributed, errors, runner, train, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.DEFINE_bool(
-  "distributed", False, "Call jax.distributed.initialize() first (multi-host runs)."
+  "distributed",
+  False,
+  "A multi-process run whose settings JAX detects (Cloud TPU, SLURM, Open MPI); see "
+  "docs/scaling.md.",
+)
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "HOST:PORT of process 0, the same for every process of a multi-process run "
+  "(default: $JAX_COORDINATOR_ADDRESS).",
+)
+flags.DEFINE_integer(
+  "num_processes", None, "Processes of a multi-process run (default: $JAX_NUM_PROCESSES)."
+)
+flags.DEFINE_integer(
+  "process_id", None, "This process's index in [0, num_processes) (default: $JAX_PROCESS_ID)."
+)
+flags.DEFINE_integer(
+  "initialization_timeout",
+  300,
+  "Seconds a multi-process run's processes wait for each other to start.",
 )
 flags.DEFINE_bool(
   "allow_config_change",
@@ -30,18 +49,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runner.setup_logging()
-  # The devices first: on a machine with an unused GPU or TPU, JAX's warning and aejax's line
-  # naming the install command are the first lines of the log.
+  runner.run(start_then_train)
+
+
+def start_then_train() -> None:
+  # The processes meet before anything touches a device (JAX's rule); then the devices: on a
+  # machine with an unused GPU or TPU, JAX's warning and aejax's line naming the install command
+  # are the first lines of the log.
+  distributed.initialize(
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+    auto=FLAGS.distributed,
+    timeout_s=FLAGS.initialization_timeout,
+  )
   accelerators.log_devices()
-  if FLAGS.distributed:
-    jax.distributed.initialize()
-  runner.run(lambda: train_then_finalize(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change))
+  train_then_finalize(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
 
 
 def train_then_finalize(config, workdir: str, allow_config_change: bool = False) -> None:
   """Trains the run, then draws its final figures and task metrics (config.final_figures)."""
   train.train_and_evaluate(config, workdir, allow_config_change)
-  if config.final_figures and jax.process_index() == 0:
+  if config.final_figures and distributed.is_writer():
     visualize.finalize(workdir)
 
 

@@ -95,7 +95,7 @@ def _read_jsonl(path: pathlib.Path) -> list[dict]:
 def count_parameters(config, image_shape) -> int:
   """Parameters of the run's model, from shapes alone (nothing is initialised or restored)."""
   model = models.build_model(config.model, tuple(image_shape))
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
   abstract = jax.eval_shape(
     lambda: steps.create_train_state(
       model, optax.identity(), tuple(image_shape), jax.random.key(0), mesh

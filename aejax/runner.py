@@ -24,6 +24,7 @@ EXIT_NONFINITE = 3
 # aejax's documented errors: their messages name the field or file and say what is valid.
 DOCUMENTED_ERRORS = (
   errors.ConfigError, errors.CheckpointError, errors.InputError, errors.DataError,
+  errors.DistributedError,
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from aejax import (
   checkpoint,
   data,
+  distributed,
   errors,
   figures,
   models,
@@ -358,19 +359,22 @@ def train_population(
   """
   if len(configs) != len(run_dirs) or not configs:
     raise ValueError(f"train: {len(configs)} configs for {len(run_dirs)} run folders")
-  check_group(configs)
   mesh = parallel.make_mesh()
-  for c in configs[1:]:
-    configs_lib.validate(c, num_devices=mesh.size)
-  config = configs[0]
-  run = setup(config, mesh.size)
-  counts = run.counts
   dirs = [pathlib.Path(d) for d in run_dirs]
-  is_writer = jax.process_index() == 0
-  if is_writer:
-    _write_run_folders(configs, dirs, run, allow_config_change)
+  is_writer = distributed.is_writer()
+  # With several processes, what one of them finds wrong stops all of them (distributed.agreed).
+  with distributed.agreed("set-up"):
+    check_group(configs)
+    for c in configs[1:]:
+      configs_lib.validate(c, num_devices=mesh.size)
+    config = configs[0]
+    run = setup(config, mesh.size)
+    if is_writer:
+      _write_run_folders(configs, dirs, run, allow_config_change)
+  counts = run.counts
   pop = Population(configs, dirs, run, mesh, is_writer)
-  start_step = pop.restore()
+  with distributed.agreed("restore"):
+    start_step = pop.restore()
   # The images, or a ground-truth data set's factor indices that the step renders.
   train_images = parallel.put_replicated(run.train_set.stored, mesh)
   train_labels = parallel.put_replicated(run.train_set.labels, mesh)
@@ -423,6 +427,8 @@ def train_population(
         raise errors.NonFiniteError(int(first_bad[i]), what, latest, str(dirs[i]))
       step += num_steps
       bar.update(num_steps)
+      # A signal to any process stops every process after this same step.
+      stop.signum = distributed.any_process(stop.signum or 0) or None
       if itstime(step, config.log_every_steps, counts.total_steps):
         record = pop.log(step)
         rate = record["train/images_per_sec"] * pop.size
