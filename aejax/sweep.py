@@ -18,6 +18,8 @@ redoing work. The report (aejax.report) is then written to DIR.
 """
 
 import collections
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -79,6 +81,43 @@ def plan_jobs(runs: Sequence[Run], vmap_seeds: bool, max_group: int) -> list[lis
     for members in groups.values()
     for i in range(0, len(members), max_group)
   ]
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+  """`I/N` (shard I of N, 0 <= I < N) as (I, N); ConfigError naming --shard otherwise."""
+  try:
+    index, count = (int(part) for part in spec.split("/"))
+  except ValueError:
+    index, count = -1, 0
+  if not 0 <= index < count:
+    raise errors.ConfigError(f"--shard={spec}: expected I/N with 0 <= I < N, e.g. 0/4")
+  return index, count
+
+
+def _group_key(run: Run, vmap_seeds: bool) -> str:
+  """Equal for runs that may train as one vmapped program (train.shared_fields)."""
+  if not vmap_seeds:
+    return run.name
+  return json.dumps(train.shared_fields(run.config), sort_keys=True)
+
+
+def shard_runs(runs: Sequence[Run], index: int, count: int, vmap_seeds: bool) -> list[Run]:
+  """The runs of shard `index` of `count`: disjoint shards that together hold every run.
+
+  Runs that could train as one vmapped program stay in one shard, and shards
+  take those groups in turn, in the order of their first run. The split
+  depends on the configs alone, never on what has trained, so shards started
+  at the same time (a SLURM job array) never share a run.
+  """
+  group_index: dict[str, int] = {}
+  for run in runs:
+    group_index.setdefault(_group_key(run, vmap_seeds), len(group_index))
+  return [run for run in runs if group_index[_group_key(run, vmap_seeds)] % count == index]
+
+
+def count_groups(runs: Sequence[Run], vmap_seeds: bool) -> int:
+  """How many shards a sweep can use: its vmapped groups (its runs without vmapping)."""
+  return len({_group_key(run, vmap_seeds) for run in runs})
 
 
 def job_name(job: Sequence[Run]) -> str:
@@ -364,6 +403,73 @@ def write_sweep_record(
 
 
 # ---------------------------------------------------------------------------
+# SLURM: the sweep as a job array, one shard per array task.
+
+SLURM_DIR = "slurm"
+SLURM_SCRIPT = "sweep.sbatch"
+# Flags of the emitting command that the array tasks must not repeat.
+_EMIT_FLAGS = ("--emit", "--shard", "--slurm_")
+
+
+def slurm_script(
+  argv: Sequence[str],
+  sweep_dir: pathlib.Path,
+  num_tasks: int,
+  *,
+  time_limit: str,
+  cpus_per_task: int,
+  gpus_per_task: int = 0,
+  mem: str = "",
+  partition: str = "",
+) -> str:
+  """An sbatch script whose array task I runs `aejax.sweep ARGV --shard=I/num_tasks`.
+
+  `argv` is the sweep command's arguments (without the program); its --emit,
+  --shard and --slurm_* flags are dropped. Tasks run in the current folder, so
+  relative --config and --sweep_dir paths mean what they meant here.
+  """
+  kept = [a for a in argv if not a.lstrip("-").startswith(tuple(f[2:] for f in _EMIT_FLAGS))]
+  logs = (sweep_dir / LOGS_DIR).absolute()
+  lines = [
+    "#!/bin/bash",
+    f"# The aejax sweep {sweep_dir} as a SLURM job array: task I trains shard I of {num_tasks}",
+    "# (aejax/sweep.py --shard). Submit with sbatch; whichever task ends last writes the report.",
+    "# Finished runs are skipped: submit it again to finish runs that failed or were preempted.",
+    "#SBATCH --job-name=aejax-sweep",
+    f"#SBATCH --array=0-{num_tasks - 1}",
+    f"#SBATCH --chdir={pathlib.Path.cwd()}",
+    f"#SBATCH --output={logs}/slurm-%A_%a.txt",
+    f"#SBATCH --time={time_limit}",
+    "#SBATCH --ntasks=1",
+    f"#SBATCH --cpus-per-task={cpus_per_task}",
+  ]
+  if gpus_per_task:
+    lines.append(f"#SBATCH --gpus-per-task={gpus_per_task}")
+  if mem:
+    lines.append(f"#SBATCH --mem={mem}")
+  if partition:
+    lines.append(f"#SBATCH --partition={partition}")
+  lines += [
+    # SIGTERM two minutes before the time limit: the workers checkpoint, a resubmission resumes.
+    "#SBATCH --signal=B:TERM@120",
+    "set -euo pipefail",
+    f"exec {shlex.join([sys.executable, '-m', 'aejax.sweep', *kept])} "
+    f'--shard="${{SLURM_ARRAY_TASK_ID}}/{num_tasks}"',
+    "",
+  ]
+  return "\n".join(lines)
+
+
+def write_slurm_script(sweep_dir: pathlib.Path, text: str) -> pathlib.Path:
+  path = sweep_dir / SLURM_DIR / SLURM_SCRIPT
+  path.parent.mkdir(parents=True, exist_ok=True)
+  (sweep_dir / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_atomically(path, text)
+  path.chmod(0o755)
+  return path
+
+
+# ---------------------------------------------------------------------------
 # Command line (scripts/sweep.py, aejax-sweep).
 
 
@@ -402,7 +508,45 @@ def _define_flags() -> None:
     "Ground-truth data sets: training points of each disentanglement score (evaluation: half).",
   )
   flags.DEFINE_float("status_every", 30.0, "Seconds between progress lines while runs train.")
+  flags.DEFINE_string(
+    "shard",
+    None,
+    "I/N: run only shard I of N of the sweep (disjoint, whole vmapped groups); the shard that "
+    "ends with every run finished writes the report.",
+  )
+  flags.DEFINE_enum(
+    "emit",
+    None,
+    ["slurm"],
+    "Write DIR/slurm/sweep.sbatch, a job array of --slurm_tasks shards, instead of running.",
+  )
+  flags.DEFINE_integer(
+    "slurm_tasks", 0, "--emit=slurm: array tasks (0: one per vmapped group, at most 64)."
+  )
+  flags.DEFINE_string("slurm_time", "24:00:00", "--emit=slurm: each task's time limit.")
+  flags.DEFINE_integer("slurm_cpus_per_task", 4, "--emit=slurm: CPU cores per task.")
+  flags.DEFINE_integer("slurm_gpus_per_task", 0, "--emit=slurm: GPUs per task (0 on CPUs).")
+  flags.DEFINE_string(
+    "slurm_mem", "", "--emit=slurm: memory per task, e.g. 32G (default: the cluster's)."
+  )
+  flags.DEFINE_string(
+    "slurm_partition", "", "--emit=slurm: the partition (default: the cluster's)."
+  )
   flags.mark_flags_as_required(["sweep_dir"])
+
+
+REPORT_LOCK = ".report.lock"
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: pathlib.Path):
+  """Holds an exclusive lock on `lock_path` (flock: released when the process dies)."""
+  with lock_path.open("a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _grid_values(values: Sequence[str], kind, flag: str) -> list:
@@ -444,7 +588,30 @@ def _sweep(f) -> None:
     betas=_grid_values(f.betas, float, "betas"),
     seeds=_grid_values(f.seeds, int, "seeds"),
   )
-  runs = make_runs(f.config, overrides, sweep_dir)
+  all_runs = runs = make_runs(f.config, overrides, sweep_dir)
+  if f.emit == "slurm":
+    tasks = f.slurm_tasks or min(64, count_groups(runs, f.vmap_seeds))
+    text = slurm_script(
+      sys.argv[1:],
+      sweep_dir,
+      tasks,
+      time_limit=f.slurm_time,
+      cpus_per_task=f.slurm_cpus_per_task,
+      gpus_per_task=f.slurm_gpus_per_task,
+      mem=f.slurm_mem,
+      partition=f.slurm_partition,
+    )
+    path = write_slurm_script(sweep_dir, text)
+    logging.info(
+      "wrote %s (%d runs in %d array tasks); submit: sbatch %s", path, len(runs), tasks, path
+    )
+    return
+  if f.shard is not None:
+    index, count = parse_shard(f.shard)
+    runs = shard_runs(runs, index, count, f.vmap_seeds)
+    logging.info(
+      "shard %d of %d: %d of the sweep's %d runs", index, count, len(runs), len(all_runs)
+    )
   if f.dry_run:
     for run in runs:
       state = "finished" if is_finished(run.workdir, run.config) else "to run"
@@ -481,10 +648,15 @@ def _sweep(f) -> None:
     status_every=f.status_every,
   )
   path = sweep_dir / report.REPORT_MD
-  if report.is_up_to_date(sweep_dir):
-    logging.info("%s is up to date: no run changed since it was written", path)
-  else:
-    path = report.write_report(sweep_dir)
+  # Shards that end at the same moment take turns; the second finds the report up to date.
+  with _exclusive(sweep_dir / REPORT_LOCK):
+    if f.shard is not None and not all(is_finished(r.workdir, r.config) for r in all_runs):
+      # Other shards still train: the one that ends with every run finished writes the report.
+      logging.info("report left to the shard that finishes the sweep")
+    elif report.is_up_to_date(sweep_dir):
+      logging.info("%s is up to date: no run changed since it was written", path)
+    else:
+      path = report.write_report(sweep_dir)
   failed = {name: s for name, s in status.items() if s.startswith("failed")}
   logging.info(
     "sweep %s: %d of %d runs finished; report %s",

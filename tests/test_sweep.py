@@ -132,6 +132,54 @@ def test_runs_differing_only_in_seed_share_a_job(tmp_path):
   assert [len(job) for job in sweep.plan_jobs(runs, vmap_seeds=True, max_group=8)] == [1, 5, 6]
 
 
+def test_shards_are_disjoint_whole_groups_whatever_has_trained(tmp_path):
+  overrides = sweep_grid.expand(latent_dims=[2, 3, 5], betas=[1.0, 4.0], seeds=[0, 1])
+  runs = sweep_grid.make_runs(_base(), overrides, tmp_path)
+  assert sweep.count_groups(runs, vmap_seeds=True) == 3
+  assert sweep.count_groups(runs, vmap_seeds=False) == 12
+  for vmap_seeds in (True, False):
+    for count in (1, 2, 3, 5):
+      shards = [sweep.shard_runs(runs, i, count, vmap_seeds) for i in range(count)]
+      names = [r.name for shard in shards for r in shard]
+      assert sorted(names) == sorted(r.name for r in runs)  # Every run, once.
+      if vmap_seeds:  # A latent size's betas and seeds stay together.
+        for shard in shards:
+          for latent in {r.config.model.latent_dim for r in shard}:
+            assert sum(r.config.model.latent_dim == latent for r in shard) == 4
+  before = [r.name for r in sweep.shard_runs(runs, 1, 2, True)]
+  (runs[0].workdir / "checkpoints" / "8").mkdir(parents=True)  # A run has trained.
+  (runs[4].workdir).mkdir(parents=True)
+  (runs[4].workdir / "final_metrics.json").write_text("{}")
+  assert [r.name for r in sweep.shard_runs(runs, 1, 2, True)] == before
+  assert sweep.parse_shard("2/3") == (2, 3)
+  for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
+    with pytest.raises(errors.ConfigError, match=f"--shard={bad}: expected I/N"):
+      sweep.parse_shard(bad)
+
+
+def test_emit_slurm_writes_a_job_array_of_the_same_command_by_shard(tmp_path):
+  sweep_dir = tmp_path / "sweep"
+  result = subprocess.run(
+    [*_command(sweep_dir, "--latent_dims=2,3,5", "--seeds=0,1"), "--emit=slurm",
+     "--slurm_time=01:00:00", "--slurm_gpus_per_task=1", "--slurm_partition=gpu"],
+    cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  script = sweep_dir / "slurm" / "sweep.sbatch"
+  text = script.read_text()
+  assert f"submit: sbatch {script}" in result.stderr
+  assert "#SBATCH --array=0-2" in text  # One task per latent size (its seeds vmapped).
+  for line in ("--time=01:00:00", "--gpus-per-task=1", "--partition=gpu", f"--chdir={ROOT}"):
+    assert f"#SBATCH {line}" in text
+  assert "--mem" not in text and not any(
+    (sweep_dir / name).exists() for name in ("latent_dim=2,seed=0", "report.md")
+  )  # Nothing trained, nothing planned.
+  command = text.strip().splitlines()[-1]
+  assert command.startswith(f"exec {sys.executable} -m aejax.sweep ")
+  assert command.endswith('--shard="${SLURM_ARRAY_TASK_ID}/3"')
+  assert "--latent_dims=2,3,5" in command and "--emit" not in command and "--slurm" not in command
+
+
 FAKE_WORKER = """
 import json, pathlib, sys, time
 dirs = [pathlib.Path(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--run_dir=")]
