@@ -94,11 +94,8 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state) -> None:
   write never removes older checkpoints: Orbax deletes the ones beyond `keep`
   only after the new one is complete.
   """
-  wait_for_checkpoints(manager)
+  prepare_checkpoint(manager, step)
   try:
-    # Orbax creates the checkpoint's folder in a background thread, and if that fails its other
-    # threads wait minutes for the folder before the process can exit: try it here first.
-    os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=manager.directory))
     manager.save(
       step,
       args=ocp.args.StandardSave(state),
@@ -106,6 +103,22 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state) -> None:
       custom_metadata={CHECKSUM_KEY: state_checksum(state)},
     )
   except Exception as error:  # Orbax and TensorStore raise many types; all mean "not saved".
+    raise _write_error(manager, error, step) from error
+
+
+def prepare_checkpoint(manager: ocp.CheckpointManager, step: int) -> None:
+  """Checks that checkpoint `step` can start: the previous write succeeded and the folder takes
+  a new entry. CheckpointError (as save_checkpoint's) otherwise.
+
+  A multi-process run agrees on this before Orbax's save, a collective that would wait for
+  a process that failed here.
+  """
+  wait_for_checkpoints(manager)
+  try:
+    # Orbax creates the checkpoint's folder in a background thread, and if that fails its other
+    # threads wait minutes for the folder before the process can exit: try it here first.
+    os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=manager.directory))
+  except OSError as error:
     raise _write_error(manager, error, step) from error
 
 

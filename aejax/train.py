@@ -320,6 +320,11 @@ class Population:
     return results
 
   def checkpoint(self, step: int) -> None:
+    # A process that cannot write (full disk, no permission) stops every process before Orbax's
+    # save, which waits for all of them.
+    with distributed.agreed("checkpoint"):
+      for manager in self.managers:
+        checkpoint.prepare_checkpoint(manager, step)
     for manager, state in zip(self.managers, self.members(self.state), strict=True):
       checkpoint.save_checkpoint(manager, step, state)
 

@@ -45,13 +45,19 @@ def _env(devices_per_process: int) -> dict:
   return env
 
 
-def _start(workdir, args, num_processes: int, logs: pathlib.Path) -> list[subprocess.Popen]:
-  """`num_processes` processes of one run (2 devices each), their stderr in logs/process_I.txt."""
+def _start(
+  workdir, args, num_processes: int, logs: pathlib.Path, program_0: tuple = ("-m", "aejax.main")
+) -> list[subprocess.Popen]:
+  """`num_processes` processes of one run (2 devices each), their stderr in logs/process_I.txt.
+
+  Process 0 runs `python *program_0` (a fault-injecting stand-in for aejax.main, say).
+  """
   logs.mkdir(parents=True, exist_ok=True)
   address = f"localhost:{_free_port()}"
   procs = []
   for i in range(num_processes):
-    command = [sys.executable, "-m", "aejax.main", *args, f"--workdir={workdir}"]
+    program = program_0 if i == 0 else ("-m", "aejax.main")
+    command = [sys.executable, *program, *args, f"--workdir={workdir}"]
     if num_processes > 1:
       command += [
         f"--coordinator_address={address}",
@@ -178,6 +184,36 @@ def test_a_workdir_of_another_config_stops_every_process_with_status_2(two_proce
   assert "ConfigError: process 0 (set-up): " in line and "config.model.latent_dim: 2 -> 3" in line
   # JAX's start-up and the data set are most of it; a collective's timeout would be 100 s+.
   assert elapsed < 60, elapsed
+
+
+# aejax.main in a process whose disk is full once its first checkpoint is written: the
+# trainer's write test in the checkpoints folder fails with ENOSPC.
+DISK_FULL_AFTER_FIRST_CHECKPOINT = """
+import errno, os, sys, tempfile
+from aejax import main
+real_mkdtemp = tempfile.mkdtemp
+def mkdtemp(*args, **kwargs):
+  folder = kwargs.get("dir")
+  if kwargs.get("prefix") == ".write-test-" and any(n.isdigit() for n in os.listdir(folder)):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  return real_mkdtemp(*args, **kwargs)
+tempfile.mkdtemp = mkdtemp
+sys.argv[0] = "aejax.main"
+main.run()
+"""
+
+
+def test_a_full_disk_in_one_process_stops_every_process_with_status_2(tmp_path):
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  program_0 = ("-c", DISK_FULL_AFTER_FIRST_CHECKPOINT)
+  codes = _wait(_start(workdir, RUN, 2, logs, program_0=program_0))
+  assert codes == [2, 2], _log(logs, 0)[-3000:] + _log(logs, 1)[-3000:]
+  found = "writing checkpoint 40 to " + str(workdir / "checkpoints") + " failed (OSError: [Errno"
+  assert found in _log(logs, 0)
+  last = _log(logs, 1).strip().splitlines()[-1]
+  assert "CheckpointError: process 0 (checkpoint): " + found in last
+  assert "resume from step 20" in last
+  assert _checkpoints(workdir) == [20]
 
 
 def _join_alone(workdir, address, process_id: int) -> subprocess.CompletedProcess:
