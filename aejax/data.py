@@ -9,6 +9,7 @@ batch's images on device inside the training step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import socket
@@ -59,6 +60,18 @@ _NETWORK_PROBE = ("storage.googleapis.com", 443)
 
 # Longest part of a tfds error quoted in a DataError: checksum errors run to many lines.
 _MAX_QUOTED_ERROR = 500
+
+
+# k / 255 for k = 0..255 in float32, as the loaders compute it (np.divide, correctly rounded):
+# a batch of uint8 levels is decoded by lookup, which reproduces these bits exactly (a division
+# under XLA may differ in the last bit).
+GREY_LEVELS = np.divide(np.arange(256), np.float32(255), dtype=np.float32)
+
+
+def decode_grey_levels(levels: jax.Array, key: jax.Array | None = None) -> jax.Array:
+  """uint8 grey levels -> float32 images in [0, 1], exactly GREY_LEVELS[levels]."""
+  del key  # The signature of RenderedSet.render: a stored batch and the step's key.
+  return jax.numpy.asarray(GREY_LEVELS)[levels]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -113,12 +126,23 @@ class ImageSet:
           f"{images.shape[0]} images; expected shape ({images.shape[0]},)."
         )
 
-  # What the trainer puts on device and cuts batches from; a stored split needs no rendering.
-  render = None
+  @functools.cached_property
+  def _levels(self) -> np.ndarray | None:
+    """The images as uint8 k with images == GREY_LEVELS[k] exactly, or None if they are not."""
+    codes = np.rint(self.images * 255).astype(np.uint8)
+    return codes if np.array_equal(GREY_LEVELS[codes], self.images) else None
 
   @property
   def stored(self) -> np.ndarray:
-    return self.images
+    """What the trainer keeps on device and cuts batches from: uint8 grey levels when every
+    value is one of GREY_LEVELS (8-bit images, binarized ones: a quarter of float32's memory),
+    else the float32 images. `render` turns a batch of it back into the images, bit for bit."""
+    return self.images if self._levels is None else self._levels
+
+  @property
+  def render(self):
+    """`(stored batch, key) -> images` inside the compiled step, or None for float32 storage."""
+    return None if self._levels is None else decode_grey_levels
 
   @property
   def image_shape(self) -> tuple[int, ...]:

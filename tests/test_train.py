@@ -308,3 +308,20 @@ def test_rendered_data_is_drawn_in_the_step_from_the_cut_factors():
   # The nuisance changes with the step; the sprite masks do not depend on it.
   other = dsprites.render_noisy(rows, jax.random.fold_in(keys["render"], 2))
   assert not np.array_equal(np.asarray(other), np.asarray(want))
+
+
+def test_8_bit_images_are_kept_as_uint8_and_batched_bit_for_bit_as_float32(data_dir):
+  mnist = data.load("mnist", "test", limit=256, data_dir=str(data_dir))
+  assert mnist.stored.dtype == np.uint8 and mnist.stored.nbytes * 4 == mnist.images.nbytes
+  digits = data.load("digits", "train")  # Levels of 16, not of 255: float32 as loaded.
+  assert digits.stored is digits.images and digits.render is None
+  c = _tiny_vae_config()
+  c.data.dynamic_binarization = False
+  mesh = parallel.make_mesh()
+  keys = steps.derived_keys(0)
+  as_levels = steps.make_train_batch_fn(c, mesh, 256, keys, render=mnist.render)
+  as_floats = steps.make_train_batch_fn(c, mesh, 256, keys)
+  for step in (0, 3, 9):
+    levels = as_levels(parallel.put_replicated(mnist.stored, mesh), None, step)
+    floats = as_floats(parallel.put_replicated(mnist.images, mesh), None, step)
+    assert np.array_equal(np.asarray(levels["input"]), np.asarray(floats["input"]))
