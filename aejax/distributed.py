@@ -18,6 +18,7 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
 from jax.experimental import multihost_utils
 
 from aejax import errors
@@ -142,6 +143,53 @@ def _wait_for_port(address: str, timeout_s: int, who: str) -> None:
       if time.monotonic() > deadline:
         raise _join_error(who, address, timeout_s, error) from error
       time.sleep(0.5)
+
+
+def define_flags(module_name: str) -> None:
+  """The flags of a multi-process run, declared as `module_name`'s own (they show in --help)."""
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "A multi-process run whose settings JAX detects (Cloud TPU, SLURM, Open MPI); see "
+    "docs/scaling.md.",
+    module_name=module_name,
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "HOST:PORT of process 0, the same for every process of a multi-process run "
+    f"(default: ${ENV_VARS['coordinator_address']}).",
+    module_name=module_name,
+  )
+  flags.DEFINE_integer(
+    "num_processes",
+    None,
+    f"Processes of a multi-process run (default: ${ENV_VARS['num_processes']}).",
+    module_name=module_name,
+  )
+  flags.DEFINE_integer(
+    "process_id",
+    None,
+    f"This process's index in [0, num_processes) (default: ${ENV_VARS['process_id']}).",
+    module_name=module_name,
+  )
+  flags.DEFINE_integer(
+    "initialization_timeout",
+    300,
+    "Seconds a multi-process run's processes wait for each other to start.",
+    module_name=module_name,
+  )
+
+
+def initialize_from_flags(values) -> bool:
+  """`initialize` with the flags of `define_flags` (absl's FLAGS, or an object with them)."""
+  return initialize(
+    values.coordinator_address,
+    values.num_processes,
+    values.process_id,
+    auto=values.distributed,
+    timeout_s=values.initialization_timeout,
+  )
 
 
 def is_writer() -> bool:

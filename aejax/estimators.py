@@ -345,7 +345,7 @@ def map_batches(
       jax.make_array_from_callback(p.shape, sharding, lambda index, p=p: p[index]) for p in parts
     ]
     labels = sharded[1] if len(sharded) > 1 else None
-    out = jax.device_get(fn(params, sharded[0], labels, jax.random.fold_in(key, j), *args))
+    out = parallel.to_host(fn(params, sharded[0], labels, jax.random.fold_in(key, j), *args))
     outs.append(jax.tree.map(lambda a, size=size: np.asarray(a)[:size], out))
     bar.update(size)
   bar.close()

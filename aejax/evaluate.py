@@ -17,6 +17,7 @@ from aejax import (
   api,
   data,
   disentanglement,
+  distributed,
   errors,
   estimators,
   latent_figures,
@@ -227,7 +228,9 @@ def evaluate(
   mesh = parallel.make_mesh()
   # A multiple of the device count, and no bigger than the split needs (padding costs samples).
   batch_size = mesh.size * math.ceil(min(batch_size, len(eval_set.images)) / mesh.size)
-  params = jax.device_put(handle.params, parallel.replicated(mesh))
+  # Through the host: the loaded parameters sit on this process's first device, and a mesh of
+  # several processes cannot be reached from there by a device-to-device copy.
+  params = jax.tree.map(lambda x: parallel.put_replicated(np.asarray(x), mesh), handle.params)
   root = jax.random.key(seed)
   key_eval, key_probe = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
   ks = sorted({k for k in estimators.IWAE_KS if k <= nll_samples} | {nll_samples})
@@ -608,6 +611,7 @@ def _define_flags() -> None:
     False,
     "Import the model module that the workdir's config names (module.path:function).",
   )
+  distributed.define_flags(__name__)
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -615,31 +619,33 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runner.setup_logging()
-  # The devices first: on a machine with an unused GPU or TPU, JAX's warning and aejax's line
-  # naming the install command are the first lines of the log.
-  accelerators.log_devices(doing="evaluating")
   f = flags.FLAGS
-  runner.run(
-    lambda: print(
-      markdown_table(
-        evaluate(
-          f.workdir,
-          split=f.split,
-          nll_samples=f.nll_samples,
-          seed=f.seed,
-          chunk_size=f.chunk_size,
-          batch_size=f.batch_size,
-          probe_train_size=f.probe_train_size,
-          limit=f.limit or None,
-          fid=f.fid,
-          fid_cache_dir=f.fid_cache_dir,
-          fid_classifier_steps=f.fid_classifier_steps or None,
-          disentanglement_points=f.disentanglement_points,
-          trust_model_code=f.trust_model_code,
-        )
-      )
-    )
+  runner.run(lambda: _start_then_evaluate(f))
+
+
+def _start_then_evaluate(f) -> None:
+  # The processes of a multi-process evaluation meet before anything touches a device; then
+  # the devices: on a machine with an unused GPU or TPU, JAX's warning and aejax's line naming
+  # the install command are the first lines of the log.
+  distributed.initialize_from_flags(f)
+  accelerators.log_devices(doing="evaluating")
+  results = evaluate(
+    f.workdir,
+    split=f.split,
+    nll_samples=f.nll_samples,
+    seed=f.seed,
+    chunk_size=f.chunk_size,
+    batch_size=f.batch_size,
+    probe_train_size=f.probe_train_size,
+    limit=f.limit or None,
+    fid=f.fid,
+    fid_cache_dir=f.fid_cache_dir,
+    fid_classifier_steps=f.fid_classifier_steps or None,
+    disentanglement_points=f.disentanglement_points,
+    trust_model_code=f.trust_model_code,
   )
+  if distributed.is_writer():
+    print(markdown_table(results))
 
 
 def cli() -> None:

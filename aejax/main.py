@@ -11,29 +11,7 @@ from aejax import accelerators, configs, distributed, errors, runner, train, vis
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
-flags.DEFINE_bool(
-  "distributed",
-  False,
-  "A multi-process run whose settings JAX detects (Cloud TPU, SLURM, Open MPI); see "
-  "docs/scaling.md.",
-)
-flags.DEFINE_string(
-  "coordinator_address",
-  None,
-  "HOST:PORT of process 0, the same for every process of a multi-process run "
-  "(default: $JAX_COORDINATOR_ADDRESS).",
-)
-flags.DEFINE_integer(
-  "num_processes", None, "Processes of a multi-process run (default: $JAX_NUM_PROCESSES)."
-)
-flags.DEFINE_integer(
-  "process_id", None, "This process's index in [0, num_processes) (default: $JAX_PROCESS_ID)."
-)
-flags.DEFINE_integer(
-  "initialization_timeout",
-  300,
-  "Seconds a multi-process run's processes wait for each other to start.",
-)
+distributed.define_flags(__name__)
 flags.DEFINE_bool(
   "allow_config_change",
   False,
@@ -56,13 +34,7 @@ def start_then_train() -> None:
   # The processes meet before anything touches a device (JAX's rule); then the devices: on a
   # machine with an unused GPU or TPU, JAX's warning and aejax's line naming the install command
   # are the first lines of the log.
-  distributed.initialize(
-    FLAGS.coordinator_address,
-    FLAGS.num_processes,
-    FLAGS.process_id,
-    auto=FLAGS.distributed,
-    timeout_s=FLAGS.initialization_timeout,
-  )
+  distributed.initialize_from_flags(FLAGS)
   accelerators.log_devices()
   train_then_finalize(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
 

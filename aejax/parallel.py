@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -37,6 +38,14 @@ def put_replicated(x: np.ndarray | None, mesh: Mesh) -> jax.Array | None:
     return None
   # make_array_from_callback works the same on one host and on many.
   return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])
+
+
+def to_host(tree):
+  """A pytree of arrays as numpy arrays on this host, whole: a batch sharded over the devices
+  of several processes is gathered from all of them (a collective: every process calls it)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def round_up(n: int, multiple: int) -> int:

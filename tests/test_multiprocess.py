@@ -5,9 +5,11 @@ gloo on localhost, which is how JAX runs a multi-host program on one machine.
 The reference is one process with 4 devices: the same 4-device mesh.
 """
 
+import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,18 +48,24 @@ def _env(devices_per_process: int) -> dict:
 
 
 def _start(
-  workdir, args, num_processes: int, logs: pathlib.Path, program_0: tuple = ("-m", "aejax.main")
+  workdir,
+  args,
+  num_processes: int,
+  logs: pathlib.Path,
+  program: tuple = ("-m", "aejax.main"),
+  program_0: tuple | None = None,
 ) -> list[subprocess.Popen]:
   """`num_processes` processes of one run (2 devices each), their stderr in logs/process_I.txt.
 
-  Process 0 runs `python *program_0` (a fault-injecting stand-in for aejax.main, say).
+  Each runs `python *program ARGS`; process 0 `python *program_0 ARGS` if given (a
+  fault-injecting stand-in for aejax.main, say).
   """
   logs.mkdir(parents=True, exist_ok=True)
   address = f"localhost:{_free_port()}"
   procs = []
   for i in range(num_processes):
-    program = program_0 if i == 0 else ("-m", "aejax.main")
-    command = [sys.executable, *program, *args, f"--workdir={workdir}"]
+    runs = program_0 if i == 0 and program_0 else program
+    command = [sys.executable, *runs, *args, f"--workdir={workdir}"]
     if num_processes > 1:
       command += [
         f"--coordinator_address={address}",
@@ -140,6 +148,42 @@ def test_two_processes_train_the_same_parameters_as_one_process_with_as_many_dev
   assert len(list((workdir / "tensorboard").iterdir())) == 1
   steps = [r["step"] for r in aejax.metrics.read_metrics(workdir)]
   assert steps == [r["step"] for r in aejax.metrics.read_metrics(one)]
+
+
+# What differs between two evaluations of the same numbers: wall time and memory.
+TIMING_FIELDS = (
+  "seconds", "main_pass_seconds", "main_pass_images_per_sec", "phase_seconds", "peak_rss_mib",
+)  # fmt: skip
+
+
+def test_two_processes_evaluate_to_the_numbers_of_one_process(two_process_run, tmp_path):
+  workdir, _ = two_process_run
+  results = {}
+  for processes in (1, 2):
+    run = tmp_path / f"run_{processes}"
+    shutil.copytree(workdir, run)
+    args = ["--fid=false", "--nll_samples=16"]
+    if processes == 1:
+      done = subprocess.run(
+        [sys.executable, "-m", "aejax.evaluate", f"--workdir={run}", *args],
+        cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300,
+      )  # fmt: skip
+      assert done.returncode == 0, done.stderr[-3000:]
+    else:
+      logs = tmp_path / "logs"
+      procs = _start(run, args, 2, logs, program=("-m", "aejax.evaluate"))
+      assert _wait(procs) == [0, 0], _log(logs, 0)[-3000:] + _log(logs, 1)[-3000:]
+    results[processes] = json.loads((run / "eval_results.json").read_text())
+  one, two = results[1], results[2]
+  assert one["num_devices"] == two["num_devices"] == 4
+  assert one.keys() == two.keys() and "nll" in one and "linear_probe_accuracy" in one
+  for name, value in one.items():
+    if name in TIMING_FIELDS or name == "workdir":
+      continue
+    if isinstance(value, float):
+      np.testing.assert_allclose(two[name], value, rtol=1e-6, err_msg=name)
+    else:
+      assert two[name] == value, name
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_resumes_bitwise(
