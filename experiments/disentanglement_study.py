@@ -37,8 +37,9 @@ Expected: Locatello et al. find that the scores vary as much with the seed
   0.2-0.4 for beta-TCVAE and lower for beta-VAE (Fig. 4); Kim & Mnih (2018)
   report FactorVAE scores of about 0.7-0.85 for FactorVAE and beta-VAE on
   dSprites (their Fig. 4 and Table 1). Measured: docs/disentanglement.md.
-Runtime: :cpu measured in docs/disentanglement.md; the full grid is 300,000
-  steps per run, unmeasured on an accelerator.
+Runtime: :cpu 85 minutes on a 2-core CPU, training and evaluation
+  (docs/disentanglement.md); the full grid is 300,000 steps per run,
+  unmeasured on an accelerator.
 Command: (the `cpu` study; the evaluation sizes are the sweep's flags)
   python scripts/sweep.py --config=experiments/disentanglement_study.py:cpu \\
     --sweep_dir=runs/disentanglement --seeds=0,1,2 --nll_samples=10 \\
