@@ -28,15 +28,25 @@ CHECKSUM_KEY = "aejax_state_sha256"
 UNREADABLE_SUFFIX = ".unreadable"
 
 
-def checkpoint_manager(workdir: str | pathlib.Path, keep: int) -> ocp.CheckpointManager:
+def checkpoint_manager(
+  workdir: str | pathlib.Path, keep: int, barrier_prefix: str | None = None
+) -> ocp.CheckpointManager:
   """Orbax's manager of workdir/checkpoints, keeping the newest `keep` checkpoints.
 
+  `barrier_prefix` names the processes' barriers of this manager's saves: the
+  members of a population save the same step at once, and with several
+  processes barriers of the same name would collide (Orbax names them by step).
   Raises CheckpointError if the folder cannot be created.
   """
   directory = pathlib.Path(workdir).absolute() / CHECKPOINTS_DIR
   # cleanup_tmp_directories: the half-written checkpoint of a killed run is deleted, not trusted.
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=True, cleanup_tmp_directories=True
+    max_to_keep=keep,
+    create=True,
+    cleanup_tmp_directories=True,
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      barrier_sync_key_prefix=barrier_prefix
+    ),
   )
   try:
     # One unnamed item, fixed here: left to Orbax, the first folder it reads decides, and a

@@ -17,6 +17,8 @@ import ml_collections
 from aejax import errors, layers, losses, models, networks, optim, tasks
 
 DATA_SOURCES = ("auto", "tfds", "idx", "amat", "digits", "rendered")
+# Where the training split lives while training (aejax/feeding.py).
+DATA_PLACEMENTS = ("auto", "resident", "streamed")
 OBJECTIVES = ("elbo", "iwae")
 
 
@@ -38,6 +40,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.dynamic_binarization = False  # Fresh Bernoulli sample of each image every time it is used.
   c.data.train_limit = 0  # > 0: keep only the first N training images (tiny runs).
   c.data.eval_limit = 0
+  # "resident": the split on device, split over the devices (uint8 when 8-bit); "streamed":
+  # read on the host a dispatch ahead; "auto": resident unless it would take more than a
+  # quarter of a device's memory. Both give the same batches (aejax/feeding.py).
+  c.data.placement = "auto"
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "reconstruct"  # reconstruct, denoise, superres.
@@ -161,8 +167,8 @@ _SEQUENCES = (
 )
 _BOOLS = ("data.dynamic_binarization", "model.learn_log_scale", "final_figures", "progress_bar")
 _STRINGS = (
-  "data.name", "data.data_dir", "data.train_split", "data.eval_split", "model.dtype",
-  "model.conv_impl",
+  "data.name", "data.data_dir", "data.train_split", "data.eval_split", "data.placement",
+  "model.dtype", "model.conv_impl",
 )  # fmt: skip
 
 
@@ -261,6 +267,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     _fail("log_every_steps", "must be >= 1")
   if c.keep_checkpoints < 1:
     _fail("keep_checkpoints", f"must be >= 1, got {c.keep_checkpoints}")
+  if c.data.placement not in DATA_PLACEMENTS:
+    _fail(
+      "data.placement",
+      f"unknown placement {c.data.placement!r}; valid: {', '.join(DATA_PLACEMENTS)}",
+    )
   if c.data.source not in DATA_SOURCES:
     _fail("data.source", f"unknown source {c.data.source!r}; valid: {', '.join(DATA_SOURCES)}")
   if c.task.name not in tasks.TASKS:

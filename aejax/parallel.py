@@ -40,6 +40,48 @@ def put_replicated(x: np.ndarray | None, mesh: Mesh) -> jax.Array | None:
   return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])
 
 
+def sharded_along(mesh: Mesh, axis: int) -> NamedSharding:
+  """Axis `axis` split over the mesh's 'data' axis, every other axis whole."""
+  return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
+
+
+def put_sharded(x: np.ndarray | None, mesh: Mesh, axis: int = 0) -> jax.Array | None:
+  """A host array split along `axis` over the devices of the mesh (None stays None).
+
+  Each process transfers only the slices of its own devices; x.shape[axis] must be a
+  multiple of the number of devices (pad_to_multiple)."""
+  if x is None:
+    return None
+  if x.shape[axis] % mesh.size:
+    raise ValueError(
+      f"put_sharded: axis {axis} of shape {x.shape} does not split over {mesh.size} devices"
+    )
+  return jax.make_array_from_callback(x.shape, sharded_along(mesh, axis), lambda index: x[index])
+
+
+def local_rows(mesh: Mesh, global_rows: int) -> slice:
+  """The rows of a batch of `global_rows` split over 'data' that this process's devices hold.
+
+  Every process holds one contiguous block (the mesh lists each process's devices together),
+  which is what jax.make_array_from_process_local_data expects of the rows it is given."""
+  index_map = batch_sharded(mesh).addressable_devices_indices_map((global_rows,))
+  starts = sorted(index[0].indices(global_rows)[0] for index in index_map.values())
+  stops = sorted(index[0].indices(global_rows)[1] for index in index_map.values())
+  block = slice(starts[0], stops[-1])
+  if stops[-1] - starts[0] != global_rows // mesh.size * len(index_map):
+    raise ValueError(f"this process's devices hold no contiguous block of {global_rows} rows")
+  return block
+
+
+def device_bytes(arrays) -> dict[str, int]:
+  """{device: bytes} of the shards of `arrays` on each of this process's devices."""
+  totals: dict[str, int] = {}
+  for array in jax.tree.leaves(arrays):
+    for shard in array.addressable_shards:
+      totals[str(shard.device)] = totals.get(str(shard.device), 0) + shard.data.nbytes
+  return totals
+
+
 def to_host(tree):
   """A pytree of arrays as numpy arrays on this host, whole: a batch sharded over the devices
   of several processes is gathered from all of them (a collective: every process calls it)."""

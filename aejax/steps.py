@@ -101,6 +101,17 @@ def cut_batch(config, keys, images, labels, perm, step, render=None):
   )
 
 
+def streamed_batch(config, keys, images, labels, i, step, render=None):
+  """Batch i of a streamed chunk, the batch of `step`, corrupted for the task as cut_batch's."""
+  batch_images = images[i]
+  batch_labels = None if labels is None else labels[i]
+  if render is not None:
+    batch_images = render(batch_images, jax.random.fold_in(keys["render"], step))
+  return tasks.make_batch(
+    jax.random.fold_in(keys["corrupt"], step), batch_images, batch_labels, config
+  )
+
+
 def make_train_batch_fn(
   config, mesh: Mesh, num_train: int, keys: dict[str, jax.Array], render=None
 ):  # fmt: skip
@@ -306,7 +317,7 @@ def _count_step(counters, metrics, finite, nonfinite, step) -> dict[str, jax.Arr
 
 def make_multi_step(
   model, config, mesh: Mesh, num_train: int, total_steps: int, steps_per_epoch: int,
-  num_members: int = 1, batched: bool | None = None, render=None,
+  num_members: int = 1, batched: bool | None = None, render=None, streamed: bool = False,
 ):  # fmt: skip
   """`(state, images, labels, perm, num_steps, keys, hp) -> (state, sums)`: fused steps.
 
@@ -332,7 +343,11 @@ def make_multi_step(
   finite steps whose metrics are summed. The state is donated.
 
   `render` (a data.RenderedSet's): `images` are factor indices, rendered per
-  batch in the step (see cut_batch).
+  batch in the step (see cut_batch); an ImageSet's decodes uint8 grey levels.
+
+  `streamed`: `images` and `labels` are not the split but a chunk of the next
+  batches from the host (aejax/feeding.py), (K, B, ...) or with members
+  (S, K, B, ...), step i of the dispatch using row i; `perm` is then unused.
 
   `batched` (default: num_members > 1) forces the vmapped program for one
   member too: scripts/bench_multi_seed.py times it against the unbatched one.
@@ -340,22 +355,26 @@ def make_multi_step(
   stop_on_nonfinite = config.nonfinite == "stop"
   batched = num_members > 1 if batched is None else batched
 
-  def member_step(state, images, labels, perm, step, keys, hp):
+  def member_step(state, images, labels, perm, i, step, keys, hp):
     tx = make_optimizer(model, config, total_steps, steps_per_epoch, hp["learning_rate"])
-    batch = jax.lax.with_sharding_constraint(
-      cut_batch(config, keys, images, labels, perm, step, render), parallel.batch_sharded(mesh)
-    )
+    if streamed:
+      batch = streamed_batch(config, keys, images, labels, i, step, render)
+    else:
+      batch = cut_batch(config, keys, images, labels, perm, step, render)
+    batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
     key = jax.random.fold_in(keys["step"], step)
     return guarded_train_step(state, batch, key, hp, model=model, tx=tx, config=config)
 
-  step_fn = (
-    jax.vmap(member_step, in_axes=(0, None, None, 0, None, 0, 0)) if batched else member_step
-  )
+  # A stream's chunk holds each member's own batches; a resident split is shared.
+  data_axis = 0 if streamed else None
+  step_fn = member_step
+  if batched:
+    step_fn = jax.vmap(member_step, in_axes=(0, data_axis, data_axis, 0, None, None, 0, 0))
 
   def multi_step(state, images, labels, perm, num_steps, keys, hp):
     first_step = state.step[0] if batched else state.step  # Every member is at the same step.
     abstract = jax.eval_shape(
-      lambda st: step_fn(st, images, labels, perm, first_step, keys, hp)[1], state
+      lambda st: step_fn(st, images, labels, perm, 0, first_step, keys, hp)[1], state
     )
     shape = (num_members,) if batched else ()
     carry = {"i": jnp.zeros((), jnp.int32), "state": state, **_init_counters(abstract, shape)}
@@ -369,7 +388,7 @@ def make_multi_step(
     def body(c):
       step = first_step + c["i"]
       st = c["state"]
-      new_st, metrics, finite, nonfinite = step_fn(st, images, labels, perm, step, keys, hp)
+      new_st, metrics, finite, nonfinite = step_fn(st, images, labels, perm, c["i"], step, keys, hp)
       if stop_on_nonfinite:
         # The state stays at the bad step: a rerun (or the checkpoint) starts right before it.
         # Parameters and optimizer state are already the old ones (guarded_train_step), so only
@@ -382,9 +401,12 @@ def make_multi_step(
     return out["state"], sums
 
   rep = parallel.replicated(mesh)
+  # The data keep the sharding they were put with: a resident split sharded or replicated
+  # over 'data' (XLA gathers a batch from shards with one all-reduce of the batch), a
+  # streamed chunk sharded along its batch axis.
   return jax.jit(
     multi_step,
-    in_shardings=(rep, rep, rep, rep, None, rep, rep),
+    in_shardings=(rep, None, None, rep, None, rep, rep),
     out_shardings=(rep, rep),
     donate_argnums=0,
   )
@@ -403,33 +425,55 @@ def make_permutation_fn(mesh: Mesh, num_members: int = 1):
 
 
 def prepare_eval_data(eval_set: data.ImageSet, eval_batch_size: int, mesh: Mesh) -> dict[str, Any]:
-  """Pads the split to whole batches (with a mask) and puts it on every device."""
-  images, mask = parallel.pad_to_multiple(eval_set.images.astype(np.float32), eval_batch_size)
+  """The split as whole batches on device, sharded over 'data' along each batch.
+
+  Padded to a multiple of eval_batch_size (a mask keeps the padding out of the
+  means) and laid out (num_batches, eval_batch_size, ...) with the second axis
+  split over the devices: batch j is already where its step needs it, and each
+  device holds 1/num_devices of the split, as uint8 when the images are 8-bit
+  (eval_set.render decodes them in the step). `host_*`: the split on the host
+  (not copied), for figures.
+  """
+  images, mask = parallel.pad_to_multiple(eval_set.stored, eval_batch_size)
   labels = None
   if eval_set.labels is not None:
     labels, _ = parallel.pad_to_multiple(eval_set.labels.astype(np.int32), eval_batch_size)
+  num_batches = len(images) // eval_batch_size
+
+  def put(x):
+    if x is None:
+      return None
+    return parallel.put_sharded(x.reshape(num_batches, eval_batch_size, *x.shape[1:]), mesh, 1)
+
   return {
-    "images": parallel.put_replicated(images, mesh),
-    "labels": parallel.put_replicated(labels, mesh),
-    "mask": parallel.put_replicated(mask, mesh),
-    "num_batches": len(images) // eval_batch_size,
+    "images": put(images),
+    "labels": put(labels),
+    "mask": put(mask),
+    "num_batches": num_batches,
     "count": len(eval_set.images),
+    "host_images": eval_set.images,
+    "host_labels": eval_set.labels,
   }
 
 
-def make_eval_fn(model, config, mesh: Mesh, eval_batch_size: int, num_members: int = 1):
+def make_eval_fn(
+  model, config, mesh: Mesh, eval_batch_size: int, num_members: int = 1, render=None
+):  # fmt: skip
   """`(params, images, labels, mask, j, keys, beta) -> {name: Average}` over eval batch j.
 
-  Keys are fixed per batch index, so evaluation is deterministic; the KL
-  weight is the member's final beta. With num_members > 1, params, keys and
-  beta carry a member axis.
+  `images`, `labels` and `mask` are prepare_eval_data's; `render` the eval
+  set's (decodes uint8 grey levels). Keys are fixed per batch index, so
+  evaluation is deterministic; the KL weight is the member's final beta. With
+  num_members > 1, params, keys and beta carry a member axis.
   """
+  del eval_batch_size  # The layout of prepare_eval_data holds it.
 
   def eval_batch(params, images, labels, mask, j, keys, beta):
-    start = j * eval_batch_size
-    x = jax.lax.dynamic_slice_in_dim(images, start, eval_batch_size)
-    y = None if labels is None else jax.lax.dynamic_slice_in_dim(labels, start, eval_batch_size)
-    m = jax.lax.dynamic_slice_in_dim(mask, start, eval_batch_size)
+    x = images[j]
+    if render is not None:
+      x = render(x, None)
+    y = None if labels is None else labels[j]
+    m = mask[j]
     batch = tasks.make_batch(jax.random.fold_in(keys["eval_corrupt"], j), x, y, config)
     batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
     final_kl_weight = jnp.asarray(beta, jnp.float32)

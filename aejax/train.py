@@ -26,6 +26,7 @@ from aejax import (
   data,
   distributed,
   errors,
+  feeding,
   figures,
   models,
   parallel,
@@ -151,9 +152,9 @@ def write_figures(run_dir, model, params, config, eval_data, keys, step: int) ->
 
   Returns the PNGs written, by TensorBoard image tag.
   """
-  n = min(config.num_figure_images, eval_data["count"])
-  images = np.asarray(eval_data["images"][:n])
-  labels = None if eval_data["labels"] is None else np.asarray(eval_data["labels"][:n])
+  n = config.num_figure_images
+  images = eval_data["host_images"][:n]
+  labels = None if eval_data["host_labels"] is None else eval_data["host_labels"][:n]
   batch = jax.device_get(
     tasks.make_batch(jax.random.fold_in(keys["eval_corrupt"], 0), images, labels, config)
   )
@@ -224,11 +225,18 @@ class Population:
       return steps.create_train_state(model, tx, run.image_shape, key, mesh)
 
     self.state = jax.vmap(init)(self.keys["init"]) if self.batched else init(self.keys["init"])
-    self.managers = [checkpoint.checkpoint_manager(d, self.config.keep_checkpoints) for d in dirs]
+    self.managers = [
+      checkpoint.checkpoint_manager(
+        d, self.config.keep_checkpoints, f"member{i}" if self.batched else None
+      )
+      for i, d in enumerate(dirs)
+    ]
     self.writers = [MetricWriter(d) for d in dirs] if is_writer else []
     self.num_train = run.train_set.num_examples
     self.eval_data = steps.prepare_eval_data(run.eval_set, run.eval_batch_size, mesh)
-    self.eval_fn = steps.make_eval_fn(model, self.config, mesh, run.eval_batch_size, self.size)
+    self.eval_fn = steps.make_eval_fn(
+      model, self.config, mesh, run.eval_batch_size, self.size, render=run.eval_set.render
+    )
     self.pending_sums = []
     self.skipped_steps = np.zeros(self.size, np.int64)
     self.last_log = (time.perf_counter(), 0)
@@ -380,15 +388,26 @@ def train_population(
   pop = Population(configs, dirs, run, mesh, is_writer)
   with distributed.agreed("restore"):
     start_step = pop.restore()
-  # The images, or a ground-truth data set's factor indices that the step renders.
-  train_images = parallel.put_replicated(run.train_set.stored, mesh)
-  train_labels = parallel.put_replicated(run.train_set.labels, mesh)
+  # The images (uint8 when 8-bit), or a ground-truth data set's factor indices that the step
+  # renders: split over the devices, or streamed from the host (aejax/feeding.py).
+  placement = feeding.choose_placement(config, run.train_set, mesh)
+  stream, chunk = None, config.steps_per_dispatch
+  if placement == "streamed":
+    chunk = feeding.chunk_steps(run.train_set, config.batch_size, pop.size, chunk)
+    stream = feeding.Stream(
+      run.train_set, mesh, pop.member_keys, config.batch_size, counts.steps_per_epoch,
+      start_step, counts.total_steps, chunk,
+    )  # fmt: skip
+    train_labels, perm = None, stream.unused_perm()
+  else:
+    train_images, train_labels = feeding.put_resident(run.train_set, mesh)
+    perm_fn, perm = steps.make_permutation_fn(mesh, pop.size), None
   multi_step = steps.make_multi_step(
     run.model, config, mesh, pop.num_train, counts.total_steps, counts.steps_per_epoch, pop.size,
-    render=run.train_set.render,
+    render=run.train_set.render, streamed=stream is not None,
   )  # fmt: skip
-  perm_fn = steps.make_permutation_fn(mesh, pop.size)
   _log_start(pop, counts)
+  feeding.log_placement(placement, run.train_set, mesh, chunk)
   # A bar in a terminal; in a log file a plain line at least every 10 s, also while a long
   # dispatch or the first compilation runs (the heartbeat), never a carriage return.
   bar = progress.Progress(
@@ -400,7 +419,7 @@ def train_population(
     enabled=config.progress_bar and is_writer,
   )
   start_time = time.perf_counter()
-  eval_metrics, step, perm = [], start_step, None
+  eval_metrics, step = [], start_step
   # Dispatches end at epoch ends too: one epoch's order per dispatch.
   intervals = (
     config.log_every_steps,
@@ -408,18 +427,26 @@ def train_population(
     counts.checkpoint_every,
     counts.steps_per_epoch,
   )
+
+  def dispatch_length(step: int) -> int:
+    """Steps of the dispatch from `step`: to the next log/eval/checkpoint boundary, at most
+    steps_per_dispatch (and a streamed chunk)."""
+    return min([chunk, counts.total_steps - step] + [every - step % every for every in intervals])
+
   with StopRequest() as stop:
     while step < counts.total_steps:
-      # One dispatch runs up to the next log/eval/checkpoint boundary, at most K steps.
-      num_steps = min(
-        [config.steps_per_dispatch, counts.total_steps - step]
-        + [every - step % every for every in intervals]
-      )
-      if perm is None or step % counts.steps_per_epoch == 0:
+      num_steps = dispatch_length(step)
+      if stream is not None:
+        train_images, train_labels = stream.take(num_steps)
+      elif perm is None or step % counts.steps_per_epoch == 0:
         perm = perm_fn(pop.keys, pop.num_train, step // counts.steps_per_epoch)
       pop.state, sums = multi_step(
         pop.state, train_images, train_labels, perm, num_steps, pop.keys, pop.hp
       )
+      if stream is not None:  # The next chunk is read and sent while this one trains.
+        stream.prefetch(
+          dispatch_length(step + num_steps) if step + num_steps < counts.total_steps else 0
+        )
       pop.pending_sums.append(sums)
       # The one array fetched per dispatch (not per step): did a non-finite step stop the loop?
       first_bad = np.reshape(np.asarray(sums["first_nonfinite_step"]), (pop.size,))

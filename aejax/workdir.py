@@ -68,18 +68,19 @@ def has_checkpoints(workdir: pathlib.Path) -> bool:
 
 
 # Fields that may change when a run resumes in the same workdir: they change how long it
-# runs, how often it logs or where it reads files, not what its checkpoints are.
+# runs, how often it logs, where it reads files or keeps the split (the same batches either
+# way), not what its checkpoints are.
 RESUMABLE_FIELDS = frozenset({
   "num_epochs", "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
   "keep_checkpoints", "eval_batch_size", "num_figure_images", "final_figures", "scatter_method",
   "progress_bar", "steps_per_dispatch", "nonfinite", "data.data_dir", "data.source",
-  "data.eval_split", "data.eval_limit",
+  "data.eval_split", "data.eval_limit", "data.placement",
 })  # fmt: skip
 
 
 # Fields added to the config after workdirs were already written, with the value that runs
 # written before them used: a saved config without the field resumes under that value.
-ADDED_FIELDS = {"model.dtype": "float32", "model.conv_impl": "auto"}
+ADDED_FIELDS = {"model.dtype": "float32", "model.conv_impl": "auto", "data.placement": "auto"}
 
 
 def flatten_fields(tree: dict, prefix: str = "") -> dict[str, Any]:

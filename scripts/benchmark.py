@@ -288,7 +288,7 @@ def run_case(name: str, batch_size: int, args) -> dict:
   # Evaluation: the trainer's eval function over (config.data.eval_limit images of) the test split.
   eval_bs = min(c.eval_batch_size, len(eval_set.images))
   eval_data = steps.prepare_eval_data(eval_set, eval_bs, mesh)
-  eval_fn = steps.make_eval_fn(model, c, mesh, eval_bs)
+  eval_fn = steps.make_eval_fn(model, c, mesh, eval_bs, render=eval_set.render)
   beta = hp["beta"]
   steps.evaluate_split(eval_fn, state.params, eval_data, keys, beta)  # Compiles.
   eval_seconds = _median_time(

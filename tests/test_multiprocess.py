@@ -54,6 +54,7 @@ def _start(
   logs: pathlib.Path,
   program: tuple = ("-m", "aejax.main"),
   program_0: tuple | None = None,
+  devices_per_process: int = 2,
 ) -> list[subprocess.Popen]:
   """`num_processes` processes of one run (2 devices each), their stderr in logs/process_I.txt.
 
@@ -76,7 +77,12 @@ def _start(
     with (logs / f"process_{i}.txt").open("w") as stderr:
       procs.append(
         subprocess.Popen(
-          command, cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=stderr, text=True
+          command,
+          cwd=ROOT,
+          env=_env(devices_per_process),
+          stdout=subprocess.DEVNULL,
+          stderr=stderr,
+          text=True,
         )
       )
   return procs
@@ -118,36 +124,96 @@ def two_process_run(tmp_path_factory):
   return workdir, logs
 
 
-def test_two_processes_train_the_same_parameters_as_one_process_with_as_many_devices(
-  two_process_run, tmp_path
-):
-  workdir, logs = two_process_run
-  one = tmp_path / "one_process"
-  env = _env(4)
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+  """RUN trained by 1 process x 4 devices: the reference of the 2-process runs."""
+  one = tmp_path_factory.mktemp("one_process") / "run"
   result = subprocess.run(
     [sys.executable, "-m", "aejax.main", *RUN, f"--workdir={one}"],
     cwd=ROOT,
-    env=env,
+    env=_env(4),
     capture_output=True,
     text=True,
     timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "Process 0 of 2 (2 local devices of 4 in all)" in _log(logs, 0)
-  assert "Process 1 of 2 (2 local devices of 4 in all)" in _log(logs, 1)
-  # Not bitwise: the gradient all-reduce adds the devices' parts in another order when they
-  # are in two processes (gloo) than in one (XLA's in-process reduction), a float32 rounding
-  # difference that 120 Adam steps keep near 1e-7.
-  a, b = _params(workdir), _params(one)
+  return one
+
+
+def _assert_same_run(two, one) -> None:
+  """Parameters and eval metrics of `two` (2 processes) close to `one`'s (1 process), and only
+  process 0 wrote: one TensorBoard event file, every metrics line once.
+
+  Not bitwise: the gradient all-reduce adds the devices' parts in another order when they are
+  in two processes (gloo) than in one (XLA's in-process reduction), a float32 rounding
+  difference that 120 Adam steps of a plain run keep near 1e-7."""
+  a, b = _params(two), _params(one)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-  final = [aejax.metrics.read_metrics(d)[-1] for d in (workdir, one)]
-  assert final[0]["step"] == final[1]["step"] == 120
+  final = [aejax.metrics.read_metrics(d)[-1] for d in (two, one)]
+  assert final[0]["step"] == final[1]["step"]
   np.testing.assert_allclose(final[0]["eval/loss"], final[1]["eval/loss"], rtol=1e-5)
-  # Only process 0 wrote: one TensorBoard event file, and every metrics line once.
-  assert len(list((workdir / "tensorboard").iterdir())) == 1
-  steps = [r["step"] for r in aejax.metrics.read_metrics(workdir)]
+  assert len(list((two / "tensorboard").iterdir())) == 1
+  steps = [r["step"] for r in aejax.metrics.read_metrics(two)]
   assert steps == [r["step"] for r in aejax.metrics.read_metrics(one)]
+
+
+def test_two_processes_train_the_same_parameters_as_one_process_with_as_many_devices(
+  two_process_run, one_process_run
+):
+  workdir, logs = two_process_run
+  assert "Process 0 of 2 (2 local devices of 4 in all)" in _log(logs, 0)
+  assert "Process 1 of 2 (2 local devices of 4 in all)" in _log(logs, 1)
+  # 256 digits of 8x8 float32 and their labels, a quarter on each device: 16,640 bytes.
+  assert "training split resident: 16.2 KiB per device" in _log(logs, 0)
+  _assert_same_run(workdir, one_process_run)
+  assert aejax.metrics.read_metrics(workdir)[-1]["step"] == 120
+
+
+def test_two_processes_streaming_the_data_train_what_one_resident_process_trains(
+  one_process_run, tmp_path
+):
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  codes = _wait(_start(workdir, [*RUN, "--config.data.placement=streamed"], 2, logs))
+  assert codes == [0, 0], _log(logs, 0)[-3000:] + _log(logs, 1)[-3000:]
+  for i in (0, 1):
+    assert "training split streamed from the host" in _log(logs, i)
+  _assert_same_run(workdir, one_process_run)
+
+
+# A vmapped group of two seeds (train.train_population) from aejax.main's flags: the program
+# every process of a group runs, and the one-process reference too.
+GROUP_OF_TWO_SEEDS = """
+import copy, pathlib, sys
+from aejax import main, train
+def train_group(config, workdir, allow_config_change=False):
+  group = [copy.deepcopy(config) for _ in range(2)]
+  group[1].seed = config.seed + 1
+  train.train_population(group, [pathlib.Path(workdir) / f"seed{i}" for i in range(2)])
+main.train_then_finalize = train_group
+sys.argv[0] = "aejax.main"
+main.run()
+"""
+
+
+# 40 steps: the vmapped program's rounding differences grow faster than the plain one's (at
+# 120 steps they reach 2e-4 in a few parameters, at 4 steps they are 6e-8).
+GROUP_RUN = [*RUN, "--config.total_steps=40", "--config.eval_every_steps=40"]
+
+
+def test_two_processes_train_a_vmapped_group_as_one_process_does(tmp_path):
+  program = ("-c", GROUP_OF_TWO_SEEDS)
+  two, one, logs = tmp_path / "two", tmp_path / "one", tmp_path / "logs"
+  codes = _wait(_start(two, GROUP_RUN, 2, logs, program=program))
+  assert codes == [0, 0], _log(logs, 0)[-3000:] + _log(logs, 1)[-3000:]
+  assert "x 2 members (seed0, seed1)" in _log(logs, 0)
+  codes = _wait(_start(one, GROUP_RUN, 1, logs / "one", program=program, devices_per_process=4))
+  assert codes == [0], _log(logs / "one", 0)[-3000:]
+  for member in ("seed0", "seed1"):
+    _assert_same_run(two / member, one / member)
+  assert not np.array_equal(
+    jax.tree.leaves(_params(two / "seed0"))[0], jax.tree.leaves(_params(two / "seed1"))[0]
+  )
 
 
 # What differs between two evaluations of the same numbers: wall time and memory.

@@ -185,6 +185,19 @@ def test_kill_9_at_three_points_resumes_bitwise_identical(finished_run, tmp_path
   _finish_and_compare(workdir, args, finished_run)
 
 
+def test_a_streamed_run_killed_with_9_resumes_bitwise_the_resident_run(finished_run, tmp_path):
+  """The stream's position is the step: a rerun restarts it at the newest checkpoint, and the
+  end is bitwise the uninterrupted run's, which kept its split on device (aejax/feeding.py)."""
+  workdir = tmp_path / "run"
+  _, args = _quickstart_tiny(**RUN)
+  args.append("--config.data.placement=streamed")
+  log = tmp_path / "stderr.txt"
+  assert _interrupt(workdir, args, log, lambda done, tmp: len(done) >= 2) == -signal.SIGKILL
+  assert "training split streamed from the host" in log.read_text()
+  assert _steps(workdir)[0][:2] == [4, 8] and _steps(workdir)[0][-1] < RUN["total_steps"]
+  _finish_and_compare(workdir, args, finished_run)
+
+
 def _stop_gracefully(workdir, args, log, sig) -> None:
   """`sig` once a checkpoint of this run exists: a final checkpoint, status 128 + sig and a
   message saying where the run stopped and how to resume."""
