@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import aejax
-from aejax import distributed, errors
+from aejax import distributed, errors, fid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Long enough that a signal lands mid-run: dispatches end at every checkpoint (20 steps).
@@ -224,11 +224,14 @@ TIMING_FIELDS = (
 
 def test_two_processes_evaluate_to_the_numbers_of_one_process(two_process_run, tmp_path):
   workdir, _ = two_process_run
+  # FID's classifier, trained here once (8 s): each process of an evaluation loads it.
+  cache = tmp_path / "fid_cache"
+  fid.classifier_extractor("digits", cache_dir=cache)
   results = {}
   for processes in (1, 2):
     run = tmp_path / f"run_{processes}"
     shutil.copytree(workdir, run)
-    args = ["--fid=false", "--nll_samples=16"]
+    args = ["--fid=true", f"--fid_cache_dir={cache}", "--nll_samples=16"]
     if processes == 1:
       done = subprocess.run(
         [sys.executable, "-m", "aejax.evaluate", f"--workdir={run}", *args],
@@ -243,6 +246,7 @@ def test_two_processes_evaluate_to_the_numbers_of_one_process(two_process_run, t
   one, two = results[1], results[2]
   assert one["num_devices"] == two["num_devices"] == 4
   assert one.keys() == two.keys() and "nll" in one and "linear_probe_accuracy" in one
+  assert one["fid"] > 0 and one["fid_reconstructions"] > 0
   for name, value in one.items():
     if name in TIMING_FIELDS or name == "workdir":
       continue
