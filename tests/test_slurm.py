@@ -172,3 +172,50 @@ def test_a_sweep_submitted_as_a_job_array_trains_every_run_once_and_writes_the_r
   assert "shard 0 of 2: 2 of the sweep's 4 runs" in task_logs[0].read_text()
   assert (sweep_dir / "report.md").is_file(), details
   assert all(name in (sweep_dir / "report.md").read_text() for name in ("latent_dim", "seed"))
+
+
+# One training run over two SLURM tasks: `srun` starts both processes and `--distributed` lets
+# JAX read the coordinator, the process count and each rank from SLURM's environment.
+TRAIN_WITH_SRUN = """#!/bin/bash
+#SBATCH --job-name=aejax-two-tasks
+#SBATCH --ntasks=2
+#SBATCH --cpus-per-task=1
+#SBATCH --time=00:10:00
+#SBATCH --output={logs}/slurm-%j.txt
+#SBATCH --chdir={root}
+export XLA_FLAGS=--xla_force_host_platform_device_count=2
+srun {python} -m aejax.main --config=experiments/quickstart.py:tiny --config.total_steps=40 \\
+  --config.final_figures=false --workdir={workdir} --distributed
+"""
+
+
+def test_a_training_run_launched_with_srun_trains_with_one_process_per_task(slurm, tmp_path):
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  logs.mkdir()
+  script = tmp_path / "train.sbatch"
+  script.write_text(
+    TRAIN_WITH_SRUN.format(logs=logs, root=ROOT, python=sys.executable, workdir=workdir)
+  )
+  env = dict(slurm)
+  env.pop("XLA_FLAGS", None)
+  submitted = subprocess.run(
+    ["sbatch", "--parsable", script], cwd=ROOT, env=env, capture_output=True, text=True
+  )
+  assert submitted.returncode == 0, submitted.stderr
+  job = submitted.stdout.strip().split(";")[0]
+  deadline = time.monotonic() + 600
+  while subprocess.run(
+    ["squeue", "-h", "-j", job], env=env, capture_output=True, text=True
+  ).stdout.strip():
+    assert time.monotonic() < deadline, "the job did not finish in 10 minutes"
+    time.sleep(1)
+  log = (logs / f"slurm-{job}.txt").read_text()
+  state = subprocess.run(
+    ["scontrol", "-o", "show", "job", job], env=env, capture_output=True, text=True
+  ).stdout
+  assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, state + log[-3000:]
+  # Both tasks joined one run of 4 devices; process 0 alone wrote the final metrics.
+  assert "Process 0 of 2 (2 local devices of 4 in all)" in log, log[-3000:]
+  assert "Process 1 of 2 (2 local devices of 4 in all)" in log, log[-3000:]
+  assert json.loads((workdir / "final_metrics.json").read_text())["step"] == 40
+  assert len(list((workdir / "tensorboard").iterdir())) == 1
