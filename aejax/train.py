@@ -465,11 +465,14 @@ def train_population(
         record = pop.log(step)
         rate = record["train/images_per_sec"] * pop.size
         bar.update(0, loss=f"{record['train/loss']:.4g}", images_per_sec=f"{rate:.0f}")
+      stopping = stop.signum is not None
+      if stopping:  # Saved first: a preempted host may have seconds left, not an evaluation's.
+        pop.checkpoint(step)
       if itstime(step, counts.eval_every, counts.total_steps):
         eval_metrics = pop.evaluate(step)
-      if itstime(step, counts.checkpoint_every, counts.total_steps) or stop.signum is not None:
+      if itstime(step, counts.checkpoint_every, counts.total_steps) and not stopping:
         pop.checkpoint(step)
-      if stop.signum is not None:
+      if stopping:
         pop.close()
         bar.close()
         where = str(dirs[0]) + (f" (and the other {pop.size - 1} members')" if pop.size > 1 else "")

@@ -146,6 +146,43 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
   assert [r["step"] for r in metrics.read_metrics(tmp_path / "resumed")] == steps_full
 
 
+def test_a_signal_at_an_evaluation_step_saves_the_checkpoint_before_evaluating(
+  tmp_path, monkeypatch
+):
+  c = _tiny_vae_config()
+  c.steps_per_dispatch = 2
+  c.eval_every_steps = 6
+  c.checkpoint_every_steps = 100
+  calls = []
+  for name in ("evaluate", "checkpoint"):
+    real = getattr(train.Population, name)
+
+    def record(self, step, *args, real=real, name=name, **kwargs):
+      calls.append((name, step))
+      return real(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(train.Population, name, record)
+  real_make_multi_step = steps.make_multi_step
+
+  def make_step_that_signals(*args, **kwargs):
+    step_fn = real_make_multi_step(*args, **kwargs)
+    count = {"n": 0}
+
+    def wrapped(*step_args):
+      count["n"] += 1
+      if count["n"] == 3:  # The dispatch that ends at step 6, an evaluation step.
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn(*step_args)
+
+    return wrapped
+
+  monkeypatch.setattr(steps, "make_multi_step", make_step_that_signals)
+  with pytest.raises(errors.TrainingInterrupted, match="after step 6"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  # A preempted host may have seconds left: the checkpoint first, then the evaluation.
+  assert calls == [("checkpoint", 6), ("evaluate", 6)]
+
+
 def test_workdir_outputs(tmp_path):
   c = _tiny_vae_config()
   train.train_and_evaluate(c, str(tmp_path))
