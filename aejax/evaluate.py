@@ -15,6 +15,7 @@ from absl import app, flags
 from aejax import (
   accelerators,
   api,
+  compilation,
   data,
   disentanglement,
   distributed,
@@ -612,6 +613,7 @@ def _define_flags() -> None:
     "Import the model module that the workdir's config names (module.path:function).",
   )
   distributed.define_flags(__name__)
+  compilation.define_flags(__name__)
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -629,6 +631,7 @@ def _start_then_evaluate(f) -> None:
   # the install command are the first lines of the log.
   distributed.initialize_from_flags(f)
   accelerators.log_devices(doing="evaluating")
+  compilation.use_cache(f.compilation_cache_dir)
   results = evaluate(
     f.workdir,
     split=f.split,

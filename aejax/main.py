@@ -7,11 +7,12 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from aejax import accelerators, configs, distributed, errors, runner, train, visualize
+from aejax import accelerators, compilation, configs, distributed, errors, runner, train, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 distributed.define_flags(__name__)
+compilation.define_flags(__name__)
 flags.DEFINE_bool(
   "allow_config_change",
   False,
@@ -36,7 +37,9 @@ def start_then_train() -> None:
   # are the first lines of the log.
   distributed.initialize_from_flags(FLAGS)
   accelerators.log_devices()
+  cache = compilation.use_cache(FLAGS.compilation_cache_dir)
   train_then_finalize(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
+  compilation.log_cache_use(cache)
 
 
 def train_then_finalize(config, workdir: str, allow_config_change: bool = False) -> None:

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from aejax import configs, disentanglement, errors, report, runner, train
+from aejax import compilation, configs, disentanglement, errors, report, runner, train
 from aejax import workdir as workdir_lib
 from aejax.sweep_grid import (
   LOGS_DIR,
@@ -498,6 +498,7 @@ def _define_flags() -> None:
     "for short runs, not long ones: docs/latent_sweep.md).",
   )
   flags.DEFINE_integer("max_group", 8, "Most runs in one vmapped program.")
+  compilation.define_flags(__name__)
   flags.DEFINE_integer("nll_samples", 500, "Importance samples of the test NLL (aejax.evaluate).")
   flags.DEFINE_integer("eval_limit", 0, "> 0: evaluate on the first N test images only.")
   flags.DEFINE_integer("probe_train_size", 10000, "Training images the linear probe is fitted on.")
@@ -637,6 +638,10 @@ def _sweep(f) -> None:
     f"--fid={str(f.fid).lower()}",
     f"--disentanglement_points={f.disentanglement_points}",
   ]
+  if f.compilation_cache_dir:  # One folder for every worker: a group compiles what it lacks.
+    worker_flags.append(
+      f"--compilation_cache_dir={pathlib.Path(f.compilation_cache_dir).absolute()}"
+    )
   status = run_sweep(
     sweep_dir,
     runs,

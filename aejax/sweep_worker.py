@@ -28,6 +28,7 @@ from absl import app, flags
 
 from aejax import (
   accelerators,
+  compilation,
   disentanglement,
   errors,
   evaluate,
@@ -159,6 +160,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer(
     "disentanglement_points", disentanglement.NUM_TRAIN, "Points of each disentanglement score."
   )
+  compilation.define_flags(__name__)
   flags.mark_flags_as_required(["run_dir"])
 
 
@@ -170,8 +172,10 @@ def main(argv: Sequence[str]) -> None:
   # naming the install command are the first lines of the log.
   accelerators.log_devices()
   f = flags.FLAGS
-  runner.run(
-    lambda: work(
+  cache = compilation.use_cache(f.compilation_cache_dir)
+
+  def work_then_log() -> None:
+    work(
       f.run_dir,
       nll_samples=f.nll_samples,
       eval_limit=f.eval_limit,
@@ -179,7 +183,9 @@ def main(argv: Sequence[str]) -> None:
       fid=f.fid,
       disentanglement_points=f.disentanglement_points,
     )
-  )
+    compilation.log_cache_use(cache)
+
+  runner.run(work_then_log)
 
 
 def cli() -> None:

@@ -7,6 +7,7 @@ than adding hooks to it. Final figures are not drawn here: the CLI and the
 sweep worker call `visualize.finalize` after training.
 """
 
+import collections
 import dataclasses
 import json
 import logging
@@ -46,6 +47,42 @@ def shared_fields(config: ml_collections.ConfigDict) -> dict:
   """The config as a flat {field: value} without VMAPPED_FIELDS: equal for runs that can share."""
   flat = workdir.flatten_fields(json.loads(config.to_json_best_effort()))
   return {name: value for name, value in flat.items() if name not in VMAPPED_FIELDS}
+
+
+# This process's compiled programs, by their builder and everything they depend on but the
+# numbers they take as arguments (keys, beta, learning rate): a run that differs from an earlier
+# one only in seed, beta or learning rate compiles nothing new (a jitted function keeps its own
+# compilations; building a new one would compile again). The newest PROGRAMS_KEPT are kept.
+PROGRAMS_KEPT = 16
+_programs: collections.OrderedDict = collections.OrderedDict()
+
+
+def _key_part(value) -> str:
+  """What a builder's argument contributes to reused_program's key."""
+  if isinstance(value, ml_collections.ConfigDict):
+    return "config"  # Keyed by its shared_fields.
+  if isinstance(value, jax.sharding.Mesh):
+    return f"mesh {value.axis_names} {[d.id for d in value.devices.flat]}"
+  if callable(value) and not isinstance(value, nn.Module):
+    return f"{getattr(value, '__qualname__', type(value).__name__)} at {id(value)}"
+  return repr(value)
+
+
+def reused_program(build, config: ml_collections.ConfigDict, *args, **kwargs):
+  """`build(*args, **kwargs)`, or what it returned earlier in this process for the same
+  builder, config (but VMAPPED_FIELDS) and arguments (models by their fields, meshes by their
+  devices, functions by identity)."""
+  parts = [_key_part(a) for a in args] + [f"{k}={_key_part(v)}" for k, v in sorted(kwargs.items())]
+  key = json.dumps([f"{build.__qualname__} at {id(build)}", shared_fields(config), parts])
+  if key in _programs:
+    _programs.move_to_end(key)
+    return _programs[key][-1]
+  program = build(*args, **kwargs)
+  # The builder and arguments are kept with it: the ids in the key stay theirs meanwhile.
+  _programs[key] = (build, args, kwargs, program)
+  while len(_programs) > PROGRAMS_KEPT:
+    _programs.popitem(last=False)
+  return program
 
 
 def check_group(configs: Sequence[ml_collections.ConfigDict]) -> None:
@@ -234,9 +271,10 @@ class Population:
     self.writers = [MetricWriter(d) for d in dirs] if is_writer else []
     self.num_train = run.train_set.num_examples
     self.eval_data = steps.prepare_eval_data(run.eval_set, run.eval_batch_size, mesh)
-    self.eval_fn = steps.make_eval_fn(
-      model, self.config, mesh, run.eval_batch_size, self.size, render=run.eval_set.render
-    )
+    self.eval_fn = reused_program(
+      steps.make_eval_fn, self.config, model, self.config, mesh, run.eval_batch_size, self.size,
+      render=run.eval_set.render,
+    )  # fmt: skip
     self.pending_sums = []
     self.skipped_steps = np.zeros(self.size, np.int64)
     self.last_log = (time.perf_counter(), 0)
@@ -401,8 +439,9 @@ def train_population(
     train_labels, perm = None, stream.unused_perm()
   else:
     train_images, train_labels = feeding.put_resident(run.train_set, mesh)
-    perm_fn, perm = steps.make_permutation_fn(mesh, pop.size), None
-  multi_step = steps.make_multi_step(
+    perm_fn, perm = reused_program(steps.make_permutation_fn, config, mesh, pop.size), None
+  multi_step = reused_program(
+    steps.make_multi_step, config,
     run.model, config, mesh, pop.num_train, counts.total_steps, counts.steps_per_epoch, pop.size,
     render=run.train_set.render, streamed=stream is not None,
   )  # fmt: skip

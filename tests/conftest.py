@@ -39,20 +39,3 @@ def data_dir():
       "fashion-mnist/ and binarized-mnist/ (see README)"
     )
   return path
-
-
-# Modules whose module-scoped fixtures are expensive (a trained run, two processes, executed
-# notebooks, a SLURM cluster): with pytest-xdist's `--dist loadgroup` (pyproject.toml) all of a
-# module's tests go to one worker, so each fixture is built once, not once per worker.
-SHARED_FIXTURE_MODULES = frozenset({
-  "test_api", "test_data", "test_disentanglement", "test_evaluate", "test_evaluate_progress",
-  "test_fid", "test_model_hooks", "test_multiprocess", "test_networks_dlib", "test_notebooks",
-  "test_reliability", "test_slurm", "test_tfds_real", "test_zoo_two_stage",
-})  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items):
-  for item in items:
-    module = item.module.__name__.rsplit(".", 1)[-1]
-    if module in SHARED_FIXTURE_MODULES:
-      item.add_marker(pytest.mark.xdist_group(module))

@@ -1,7 +1,10 @@
 """Shared test helpers: the tiny run configs several test modules train, and the golden values."""
 
+import fcntl
 import json
+import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -74,3 +77,25 @@ def read_tensorboard(logdir) -> dict:
         out["hparams_metrics"] = [m.name.tag for m in data.experiment.metric_infos]
     runs[run] = out
   return runs
+
+
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+  """The folder `name` that `build(folder)` fills, built once per test session.
+
+  With pytest-xdist each worker has its own module fixtures, so an expensive one (a trained
+  run, executed notebooks) would be built by every worker whose tests use it. The workers'
+  temporary folders share a parent: the first worker to get there builds the folder under a
+  lock while the others wait, and then they all read it. Tests must not change it.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  folder = root / name
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (folder / ".built").exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      build(folder)
+      (folder / ".built").touch()
+  return folder

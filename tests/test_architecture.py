@@ -17,8 +17,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "aejax"
 
 LAYERS = (
   # Foundations: no aejax imports but errors.
-  "errors", "progress", "accelerators", "image_metrics", "figures", "latent_figures", "workdir",
-  "runner", "distributed", "datafiles", "ground_truth", "dsprites", "data", "study_stats",
+  "errors", "progress", "accelerators", "compilation", "image_metrics", "figures",
+  "latent_figures", "workdir", "runner", "distributed", "datafiles", "ground_truth", "dsprites",
+  "data", "study_stats",
   # What a model is and how it learns.
   "tasks", "losses", "layers", "networks", "autoencoder", "vae", "models", "optim", "configs",
   "objectives", "probes", "disentanglement",

@@ -19,6 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import built_once
 
 import aejax
 from aejax import distributed, errors, fid
@@ -117,27 +118,31 @@ def _checkpoints(workdir) -> list[int]:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
   """RUN trained by 2 processes x 2 devices, uninterrupted: (workdir, logs)."""
-  base = tmp_path_factory.mktemp("two_processes")
-  workdir, logs = base / "run", base / "logs"
-  codes = _wait(_start(workdir, RUN, 2, logs))
-  assert codes == [0, 0], _log(logs, 0)[-3000:] + _log(logs, 1)[-3000:]
-  return workdir, logs
+
+  def build(base):
+    codes = _wait(_start(base / "run", RUN, 2, base / "logs"))
+    assert codes == [0, 0], _log(base / "logs", 0)[-3000:] + _log(base / "logs", 1)[-3000:]
+
+  base = built_once(tmp_path_factory, "two_process_run", build)
+  return base / "run", base / "logs"
 
 
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
   """RUN trained by 1 process x 4 devices: the reference of the 2-process runs."""
-  one = tmp_path_factory.mktemp("one_process") / "run"
-  result = subprocess.run(
-    [sys.executable, "-m", "aejax.main", *RUN, f"--workdir={one}"],
-    cwd=ROOT,
-    env=_env(4),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  return one
+
+  def build(base):
+    result = subprocess.run(
+      [sys.executable, "-m", "aejax.main", *RUN, f"--workdir={base / 'run'}"],
+      cwd=ROOT,
+      env=_env(4),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+  return built_once(tmp_path_factory, "one_process_run", build) / "run"
 
 
 def _assert_same_run(two, one) -> None:

@@ -1,8 +1,8 @@
 """The notebooks in notebooks/ run top to bottom (small settings) and show what their text promises.
 
-Both are executed once per session with scripts/run_notebooks.py's `execute_notebook`, in a
-python3 kernel of this interpreter, with AEJAX_NOTEBOOK_SMALL=1 and their runs in a temporary
-folder (AEJAX_NOTEBOOK_RUNS).
+Each is executed once per session (also under pytest-xdist: helpers.built_once) with
+scripts/run_notebooks.py's `execute_notebook`, in a python3 kernel of this interpreter, with
+AEJAX_NOTEBOOK_SMALL=1 and its runs in a temporary folder (AEJAX_NOTEBOOK_RUNS).
 """
 
 import importlib.util
@@ -15,6 +15,7 @@ import sys
 
 import nbformat
 import pytest
+from helpers import built_once
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
@@ -41,21 +42,21 @@ def _kernel_env(data_dir) -> dict:
   return env
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory, data_dir):
-  """Both notebooks executed: ({name: executed notebook}, the folder they trained in)."""
-  out = tmp_path_factory.mktemp("notebooks")
-  runs = out / "runs"
-  notebooks = {}
-  for name in run_notebooks.NOTEBOOKS:
-    notebooks[name] = run_notebooks.execute_notebook(
+def _executed(tmp_path_factory, data_dir, name: str):
+  """Notebook `name` executed, once per session: (the executed notebook, the folder it trained
+  in)."""
+
+  def build(out):
+    run_notebooks.execute_notebook(
       NOTEBOOKS_DIR / f"{name}.ipynb",
       out / f"{name}.ipynb",
       small=True,
-      runs_dir=runs,
+      runs_dir=out / "runs",
       env=_kernel_env(data_dir),
     )
-  return notebooks, runs
+
+  out = built_once(tmp_path_factory, f"notebook_{name}", build)
+  return nbformat.read(out / f"{name}.ipynb", as_version=4), out / "runs"
 
 
 def _outputs(nb, cell_text: str) -> list:
@@ -100,9 +101,8 @@ def test_cell_error_fails_the_run(tmp_path, monkeypatch):
   assert executed.cells[1].outputs[0].ename == "ValueError"
 
 
-def test_autoencoders_notebook(executed):
-  notebooks, runs = executed
-  nb = notebooks["autoencoders"]
+def test_autoencoders_notebook(tmp_path_factory, data_dir):
+  nb, runs = _executed(tmp_path_factory, data_dir, "autoencoders")
   assert "small settings: True" in _text(_outputs(nb, "SMALL = os.environ"))
   # The pictures the text talks about, each drawn inline by its cell.
   for cell_text in (
@@ -133,9 +133,8 @@ def test_autoencoders_notebook(executed):
     assert (runs / "autoencoders" / name / picture).is_file()
 
 
-def test_latent_sizes_notebook(executed):
-  notebooks, runs = executed
-  nb = notebooks["latent_sizes"]
+def test_latent_sizes_notebook(tmp_path_factory, data_dir):
+  nb, runs = _executed(tmp_path_factory, data_dir, "latent_sizes")
   sweep_dir = runs / "latent_sizes"
   report = (sweep_dir / "report.md").read_text()
   latent_dims = (2, 8, 32)

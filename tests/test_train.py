@@ -1,5 +1,6 @@
 """Tests for aejax/train.py: sharded == single-device, checkpoints, resume, the data pipeline."""
 
+import collections
 import json
 import os
 import signal
@@ -181,6 +182,30 @@ def test_a_signal_at_an_evaluation_step_saves_the_checkpoint_before_evaluating(
     train.train_and_evaluate(c, str(tmp_path / "run"))
   # A preempted host may have seconds left: the checkpoint first, then the evaluation.
   assert calls == [("checkpoint", 6), ("evaluate", 6)]
+
+
+def test_runs_that_differ_in_seed_beta_and_learning_rate_compile_the_step_once(
+  tmp_path, monkeypatch
+):
+  monkeypatch.setattr(train, "_programs", collections.OrderedDict())
+  c = _tiny_vae_config()
+  c.total_steps = c.checkpoint_every_steps = c.eval_every_steps = 4
+  first = train.train_and_evaluate(c, str(tmp_path / "first"))
+  c.seed, c.objective.beta, c.optimizer.learning_rate = 1, 2.0, 3e-3
+  second = train.train_and_evaluate(c, str(tmp_path / "second"))
+  assert not np.array_equal(
+    jax.tree.leaves(jax.device_get(first.params))[0],
+    jax.tree.leaves(jax.device_get(second.params))[0],
+  )
+  built = [entry[0] for entry in train._programs.values()]
+  assert built.count(steps.make_multi_step) == 1 and built.count(steps.make_eval_fn) == 1
+  for build, _, _, program in train._programs.values():
+    assert program._cache_size() == 1, build.__qualname__  # Compiled once, run by both.
+  # Another batch size is another program.
+  c.batch_size *= 2
+  train.train_and_evaluate(c, str(tmp_path / "third"))
+  built = [entry[0] for entry in train._programs.values()]
+  assert built.count(steps.make_multi_step) == 2
 
 
 def test_workdir_outputs(tmp_path):
