@@ -247,7 +247,7 @@ def test_main_reports_sigterm_as_one_line_and_status_128_plus_signal(monkeypatch
 
   class Flags:
     config, workdir, distributed, allow_config_change = None, "/w", False, False
-    coordinator_address = num_processes = process_id = None
+    coordinator_address = num_processes = process_id = compilation_cache_dir = None
     initialization_timeout = 300
 
   monkeypatch.setattr(train, "train_and_evaluate", interrupted)
