@@ -498,13 +498,15 @@ def train_population(
         raise errors.NonFiniteError(int(first_bad[i]), what, latest, str(dirs[i]))
       step += num_steps
       bar.update(num_steps)
-      # A signal to any process stops every process after this same step.
-      stop.signum = distributed.any_process(stop.signum or 0) or None
+      # A signal to any process stops every process after this same step. Every process acts
+      # on the agreed value alone: a signal arriving from here on (in one process) is shared
+      # after the next dispatch, never acted on by one process while the others go on.
+      agreed_signum = distributed.any_process(stop.signum or 0) or None
       if itstime(step, config.log_every_steps, counts.total_steps):
         record = pop.log(step)
         rate = record["train/images_per_sec"] * pop.size
         bar.update(0, loss=f"{record['train/loss']:.4g}", images_per_sec=f"{rate:.0f}")
-      stopping = stop.signum is not None
+      stopping = agreed_signum is not None
       if stopping:  # Saved first: a preempted host may have seconds left, not an evaluation's.
         pop.checkpoint(step)
       if itstime(step, counts.eval_every, counts.total_steps):
@@ -515,7 +517,7 @@ def train_population(
         pop.close()
         bar.close()
         where = str(dirs[0]) + (f" (and the other {pop.size - 1} members')" if pop.size > 1 else "")
-        raise errors.TrainingInterrupted(step, stop.signum, where)
+        raise errors.TrainingInterrupted(step, agreed_signum, where)
 
   pop.close()
   bar.close()
