@@ -15,6 +15,7 @@ from aejax import (
   checkpoint,
   configs,
   data,
+  distributed,
   dsprites,
   errors,
   metrics,
@@ -182,6 +183,32 @@ def test_a_signal_at_an_evaluation_step_saves_the_checkpoint_before_evaluating(
     train.train_and_evaluate(c, str(tmp_path / "run"))
   # A preempted host may have seconds left: the checkpoint first, then the evaluation.
   assert calls == [("checkpoint", 6), ("evaluate", 6)]
+
+
+def test_a_signal_arriving_after_the_processes_agreed_stops_at_the_next_agreement(
+  tmp_path, monkeypatch
+):
+  """All processes act on the agreed stop only: a signal that lands in one process just after
+  the agreement (here: right after the second one) is shared at the next, one dispatch later;
+  acting on it at once would send that process into a checkpoint the others never join."""
+  c = _tiny_vae_config()
+  c.steps_per_dispatch = 2
+  c.checkpoint_every_steps = 100
+  real_any_process = distributed.any_process
+  calls = {"n": 0}
+
+  def any_process_then_signal(flag):
+    agreed = real_any_process(flag)
+    calls["n"] += 1
+    if calls["n"] == 2:  # After the agreement at step 4.
+      os.kill(os.getpid(), signal.SIGTERM)
+    return agreed
+
+  monkeypatch.setattr(distributed, "any_process", any_process_then_signal)
+  with pytest.raises(errors.TrainingInterrupted, match="after step 6") as info:
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert info.value.signum == signal.SIGTERM
+  assert (tmp_path / "run" / "checkpoints" / "6").is_dir()
 
 
 def test_runs_that_differ_in_seed_beta_and_learning_rate_compile_the_step_once(
