@@ -109,6 +109,22 @@ def slurm(tmp_path_factory):
     subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True)
 
 
+def _submit_and_wait(script, env, minutes: int) -> str:
+  """Submits `script` with sbatch and waits until the job (or array) has left the queue."""
+  submitted = subprocess.run(
+    ["sbatch", "--parsable", script], cwd=ROOT, env=env, capture_output=True, text=True
+  )
+  assert submitted.returncode == 0, submitted.stderr
+  job = submitted.stdout.strip().split(";")[0]
+  deadline = time.monotonic() + 60 * minutes
+  while subprocess.run(
+    ["squeue", "-h", "-j", job], env=env, capture_output=True, text=True
+  ).stdout.strip():
+    assert time.monotonic() < deadline, f"job {job} did not finish in {minutes} minutes"
+    time.sleep(1)
+  return job
+
+
 def test_a_sweep_submitted_as_a_job_array_trains_every_run_once_and_writes_the_report(
   slurm, tmp_path
 ):
@@ -139,17 +155,7 @@ def test_a_sweep_submitted_as_a_job_array_trains_every_run_once_and_writes_the_r
   )
   assert emit.returncode == 0, emit.stderr[-3000:]
   script = sweep_dir / "slurm" / "sweep.sbatch"
-  submitted = subprocess.run(
-    ["sbatch", "--parsable", script], cwd=ROOT, env=env, capture_output=True, text=True
-  )
-  assert submitted.returncode == 0, submitted.stderr
-  job = submitted.stdout.strip().split(";")[0]
-  deadline = time.monotonic() + 900
-  while subprocess.run(
-    ["squeue", "-h", "-j", job], env=env, capture_output=True, text=True
-  ).stdout.strip():
-    assert time.monotonic() < deadline, "the job array did not finish in 15 minutes"
-    time.sleep(1)
+  job = _submit_and_wait(script, env, minutes=15)
   task_logs = sorted((sweep_dir / "logs").glob(f"slurm-{job}_*.txt"))
   assert len(task_logs) == 2, task_logs
   details = "\n".join(p.read_text()[-2000:] for p in task_logs)
@@ -198,17 +204,7 @@ def test_a_training_run_launched_with_srun_trains_with_one_process_per_task(slur
   )
   env = dict(slurm)
   env.pop("XLA_FLAGS", None)
-  submitted = subprocess.run(
-    ["sbatch", "--parsable", script], cwd=ROOT, env=env, capture_output=True, text=True
-  )
-  assert submitted.returncode == 0, submitted.stderr
-  job = submitted.stdout.strip().split(";")[0]
-  deadline = time.monotonic() + 600
-  while subprocess.run(
-    ["squeue", "-h", "-j", job], env=env, capture_output=True, text=True
-  ).stdout.strip():
-    assert time.monotonic() < deadline, "the job did not finish in 10 minutes"
-    time.sleep(1)
+  job = _submit_and_wait(script, env, minutes=10)
   log = (logs / f"slurm-{job}.txt").read_text()
   state = subprocess.run(
     ["scontrol", "-o", "show", "job", job], env=env, capture_output=True, text=True
