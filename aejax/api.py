@@ -15,7 +15,7 @@ checkpoint raises aejax.errors.CheckpointError.
 """
 
 import json
-import pathlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -231,7 +231,7 @@ class TrainedModel:
 
 
 def load(
-  workdir: str | pathlib.Path, step: int | None = None, *, trust_model_code: bool = False
+  workdir: str | os.PathLike, step: int | None = None, *, trust_model_code: bool = False
 ) -> TrainedModel:
   """The model trained in `workdir`, restored from its newest checkpoint (or `step`).
 
@@ -239,7 +239,7 @@ def load(
   (`module.path:function`), that module is imported only with
   `trust_model_code=True` or if this process imported it already.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_lib.as_path(workdir)
   if not workdir.is_dir():
     raise errors.CheckpointError(f"workdir {workdir} does not exist")
   for name in (CONFIG_FILE, RUN_INFO_FILE):
@@ -256,7 +256,7 @@ def load(
       f"{workdir}: unreadable config.json or {RUN_INFO_FILE} ({type(e).__name__}: {e})"
     ) from e
 
-  ckpt_dir = workdir.absolute() / workdir_lib.CHECKPOINTS_DIR
+  ckpt_dir = workdir_lib.local_absolute(workdir) / workdir_lib.CHECKPOINTS_DIR
   if not ckpt_dir.is_dir():
     raise errors.CheckpointError(f"{ckpt_dir} does not exist: no checkpoint was saved")
   # One unnamed item, as checkpoint.checkpoint_manager writes it.

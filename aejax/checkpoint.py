@@ -11,15 +11,15 @@ is used.
 import hashlib
 import logging
 import os
-import pathlib
 import tempfile
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
-from aejax import errors
+from aejax import errors, workdir
 from aejax.workdir import CHECKPOINTS_DIR
 
 CHECKSUM_KEY = "aejax_state_sha256"
@@ -29,7 +29,7 @@ UNREADABLE_SUFFIX = ".unreadable"
 
 
 def checkpoint_manager(
-  workdir: str | pathlib.Path, keep: int, barrier_prefix: str | None = None
+  run_dir: str | os.PathLike, keep: int, barrier_prefix: str | None = None
 ) -> ocp.CheckpointManager:
   """Orbax's manager of workdir/checkpoints, keeping the newest `keep` checkpoints.
 
@@ -38,7 +38,7 @@ def checkpoint_manager(
   processes barriers of the same name would collide (Orbax names them by step).
   Raises CheckpointError if the folder cannot be created.
   """
-  directory = pathlib.Path(workdir).absolute() / CHECKPOINTS_DIR
+  directory = workdir.local_absolute(run_dir) / CHECKPOINTS_DIR
   # cleanup_tmp_directories: the half-written checkpoint of a killed run is deleted, not trusted.
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep,
@@ -60,7 +60,7 @@ def checkpoint_manager(
     ) from error
 
 
-def read_only_manager(directory: str | pathlib.Path, **kwargs) -> ocp.CheckpointManager:
+def read_only_manager(directory: str | os.PathLike, **kwargs) -> ocp.CheckpointManager:
   """A CheckpointManager that only reads `directory` (loading never changes a workdir).
 
   It is this process's alone: in a multi-process run any one process may load a
@@ -77,7 +77,7 @@ def read_only_manager(directory: str | pathlib.Path, **kwargs) -> ocp.Checkpoint
   absl_logger.setLevel(logging.ERROR)
   try:
     return ocp.CheckpointManager(
-      pathlib.Path(directory).absolute(),
+      workdir.local_absolute(directory),
       options=ocp.CheckpointManagerOptions(read_only=True, multiprocessing_options=alone),
       **kwargs,
     )
@@ -127,7 +127,12 @@ def prepare_checkpoint(manager: ocp.CheckpointManager, step: int) -> None:
   try:
     # Orbax creates the checkpoint's folder in a background thread, and if that fails its other
     # threads wait minutes for the folder before the process can exit: try it here first.
-    os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=manager.directory))
+    if workdir.is_uri(manager.directory):  # An object store has no folders: write an object.
+      probe = workdir.as_path(manager.directory) / f".write-test-{os.getpid()}"
+      probe.write_text("")
+      probe.unlink()
+    else:
+      os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=manager.directory))
   except OSError as error:
     raise _write_error(manager, error, step) from error
 
@@ -212,7 +217,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, *, set_aside: bool = T
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   """Renames unreadable checkpoints to `<step>.unreadable[.N]`, out of Orbax's sight."""
-  directory = pathlib.Path(manager.directory)
+  directory = workdir.as_path(manager.directory)
   if jax.process_index() == 0:
     for step in steps:
       target = directory / f"{step}{UNREADABLE_SUFFIX}"
@@ -231,7 +236,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   manager.reload()
 
 
-def _steps_on_disk(directory: pathlib.Path) -> list[int]:
+def _steps_on_disk(directory: epath.Path) -> list[int]:
   try:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
   except OSError:
@@ -241,7 +246,7 @@ def _steps_on_disk(directory: pathlib.Path) -> list[int]:
 def _write_error(
   manager: ocp.CheckpointManager, error: Exception, step: int | None = None
 ) -> errors.CheckpointError:
-  directory = pathlib.Path(manager.directory)
+  directory = workdir.as_path(manager.directory)
   steps = _steps_on_disk(directory)
   what = "a checkpoint" if step is None else f"checkpoint {step}"
   kept = (

@@ -3,7 +3,7 @@
 import json
 import logging
 import math
-import pathlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from aejax import (
   accelerators,
@@ -157,7 +158,7 @@ def _fid_results(
 
 
 def evaluate(
-  workdir: str | pathlib.Path,
+  workdir: str | os.PathLike,
   *,
   split: str = "test",
   nll_samples: int = DEFAULT_NLL_SAMPLES,
@@ -168,7 +169,7 @@ def evaluate(
   limit: int | None = None,
   fid: bool = True,
   fid_extractor: fid_lib.FeatureExtractor | None = None,
-  fid_cache_dir: str | pathlib.Path | None = None,
+  fid_cache_dir: str | os.PathLike | None = None,
   fid_classifier_steps: int | None = None,
   disentanglement_points: int = disentanglement.NUM_TRAIN,
   trust_model_code: bool = False,
@@ -222,7 +223,7 @@ def evaluate(
   ):  # fmt: skip
     if value is not None:
       _check_positive(name, value, allow_zero=allow_zero)
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_lib.as_path(workdir)
   handle, eval_set, load_kwargs = _load(workdir, split, limit, trust_model_code)
   config = handle.config
 
@@ -316,7 +317,7 @@ def evaluate(
   return results
 
 
-def _write_results(workdir: pathlib.Path, results: dict, phases: progress.Phases) -> None:
+def _write_results(workdir: epath.Path, results: dict, phases: progress.Phases) -> None:
   if jax.process_index() == 0:
     workdir_lib.write_atomically(workdir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
     workdir_lib.write_atomically(workdir / RESULTS_MD, markdown_table(results) + "\n")
@@ -326,7 +327,7 @@ def _write_results(workdir: pathlib.Path, results: dict, phases: progress.Phases
   logging.info("wrote %s and %s in %.1f s", RESULTS_JSON, RESULTS_MD, results["seconds"])
 
 
-def _load(workdir: pathlib.Path, split: str, limit: int | None, trust_model_code: bool):
+def _load(workdir: epath.Path, split: str, limit: int | None, trust_model_code: bool):
   """The trained model, the split to evaluate it on (checked against it), and how to load more."""
   handle = api.load(workdir, trust_model_code=trust_model_code)
   config = handle.config
@@ -446,7 +447,7 @@ def _add_probe_results(
 
 
 def _add_disentanglement_results(
-  results, phases, handle, workdir: pathlib.Path, num_points: int, key
+  results, phases, handle, workdir: epath.Path, num_points: int, key
 ) -> list[str]:
   """Every disentanglement score of the encoder into `results`; returns notes on what was not."""
   config = handle.config

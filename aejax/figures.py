@@ -8,7 +8,6 @@ import errno
 import json
 import math
 import os
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -16,6 +15,7 @@ import matplotlib.colors
 import matplotlib.figure
 import matplotlib.ticker
 import numpy as np
+from etils import epath
 
 # Size of one image cell on the page, in inches, and the resolution figures are saved at; 1 inch at
 # 100 dpi gives a 28x28 image about 3.5 screen pixels per image pixel.
@@ -83,11 +83,12 @@ def subplots(**kwargs):
   yield fig, axes
 
 
-def save_figure(fig, path) -> pathlib.Path:
-  """Writes fig as PNG (whatever the suffix), creating parent folders."""
-  path = pathlib.Path(path)
+def save_figure(fig, path) -> epath.Path:
+  """Writes fig as PNG (whatever the suffix), creating parent folders; gs://... paths too."""
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, format="png", dpi=DPI)
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=DPI)
   return path
 
 
@@ -116,7 +117,7 @@ def tile_images(images: np.ndarray, ncols: int, border: int = 1, fill: float = 1
 
 def save_reconstructions(
   path, rows: dict[str, np.ndarray], title: str, max_images: int = 10
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a PNG with one labelled row of images per entry of `rows`.
 
   Rows are drawn in dict order (e.g. {"input": x, "output": y, "target": t}) with the key and the
@@ -157,7 +158,7 @@ def save_reconstructions(
     return save_figure(fig, path)
 
 
-def save_image_grid(path, images: np.ndarray, title: str, ncols: int | None = None) -> pathlib.Path:
+def save_image_grid(path, images: np.ndarray, title: str, ncols: int | None = None) -> epath.Path:
   """Saves a PNG of `images` (N, H, W, C) tiled into one picture with 1-pixel white borders.
 
   `ncols` defaults to ceil(sqrt(N)). The caption gives the image count, size and grid shape.
@@ -190,7 +191,7 @@ def _is_number(value) -> bool:
 
 def _read_metrics(metrics_jsonl_path) -> tuple[dict[str, dict[str, list]], int]:
   """Returns {name: {split: [(step, value), ...]}} in first-seen order, and the lines skipped."""
-  metrics_path = pathlib.Path(metrics_jsonl_path)
+  metrics_path = epath.Path(metrics_jsonl_path)
   if not metrics_path.is_file():
     raise FileNotFoundError(errno.ENOENT, "metrics file not found", os.fspath(metrics_path))
   series: dict[str, dict[str, list]] = {}
@@ -218,7 +219,7 @@ def _read_metrics(metrics_jsonl_path) -> tuple[dict[str, dict[str, list]], int]:
   return series, skipped
 
 
-def save_training_curves(path, metrics_jsonl_path, title: str = "Training curves") -> pathlib.Path:
+def save_training_curves(path, metrics_jsonl_path, title: str = "Training curves") -> epath.Path:
   """Saves a PNG of the train and eval metrics logged in a metrics.jsonl file against step.
 
   Each line is a JSON object with an int "step" and metrics such as "train/loss" or "eval/kl";
@@ -232,7 +233,7 @@ def save_training_curves(path, metrics_jsonl_path, title: str = "Training curves
     FileNotFoundError: `metrics_jsonl_path` does not exist.
   """
   series, skipped = _read_metrics(metrics_jsonl_path)
-  source = pathlib.Path(metrics_jsonl_path).name
+  source = epath.Path(metrics_jsonl_path).name
   note = f"from {source}"
   if skipped:
     note += f" ({skipped} unreadable line{'s' if skipped > 1 else ''} skipped)"
@@ -327,7 +328,7 @@ def save_line_plots(
   title: str,
   log_x: bool = False,
   errors: dict[str, dict[str, Sequence[float]]] | None = None,
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a PNG of sweep results: one subplot per panel, one line per series, against `x`.
 
   `panels` maps a panel name (the subplot title and y label, e.g. "test MSE") to
@@ -417,7 +418,7 @@ def save_line_plots(
 
 def save_strip_plots(
   path, panels: dict[str, dict[str, Sequence[float]]], title: str, ncols: int = 3
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a PNG of distributions over seeds: one subplot per panel, one column per category.
 
   `panels` maps a panel name (e.g. a metric) to {category (e.g. a configuration): values (one

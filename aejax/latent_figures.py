@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import pathlib
 from collections.abc import Sequence
 
 import matplotlib
 import matplotlib.colors
 import numpy as np
+from etils import epath
 
 from aejax import figures
 
@@ -82,7 +82,7 @@ def save_latent_grid(
   z2_values: np.ndarray,
   title: str,
   latent_units: str = "",
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a PNG of images decoded on a 2-D latent grid, tiled into one picture.
 
   `images` has shape (G2, G1, H, W, C): images[i, j] is decoded from the latent
@@ -182,7 +182,7 @@ def save_latent_scatter(
   max_points: int = 10000,
   seed: int = 0,
   latent_units: str = "",
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a PNG scatter plot of latent codes `z` (N, D), coloured by class label.
 
   D == 2 plots z[:, 0] against z[:, 1]. D == 1 plots z[:, 0] against a random vertical jitter
@@ -289,7 +289,7 @@ def _save_image_rows(
   title: str,
   header: dict[int, str] | None = None,
   xlabel: str = "",
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a PNG with one tiled strip per row of `rows` (R, S, H, W, C), labelled on the left.
 
   `header` maps column index -> label, written above the first strip.
@@ -336,7 +336,7 @@ def _labels(values, name: str, count: int) -> list[str]:
 
 def save_interpolation(
   path, rows: np.ndarray, title: str, row_labels: Sequence[str] | None = None
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a PNG of latent interpolations, one tiled row of images per pair.
 
   `rows` has shape (P, S, H, W, C): row p holds S >= 2 decodings along the path from its first
@@ -368,9 +368,7 @@ def save_interpolation(
   )
 
 
-def save_latent_noise(
-  path, images: np.ndarray, scales: Sequence[float], title: str
-) -> pathlib.Path:
+def save_latent_noise(path, images: np.ndarray, scales: Sequence[float], title: str) -> epath.Path:
   """Saves a PNG of decodings from noisy latents, one row per noise level.
 
   `images` has shape (S, N, H, W, C): row s holds N images decoded from N latent codes plus
@@ -399,7 +397,7 @@ def save_latent_noise(
 
 def save_traversals(
   path, rows: np.ndarray, values: np.ndarray, row_labels: Sequence[str], title: str, xlabel: str
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a PNG of latent traversals, one tiled row of images per latent dimension.
 
   `rows` has shape (D, S, H, W, C): row d holds S decodings of one code with its dimension
@@ -425,7 +423,7 @@ def save_traversals(
 
 def save_mutual_info_matrix(
   path, mutual_info: np.ndarray, factor_names: Sequence[str], title: str, code_order=None
-) -> pathlib.Path:
+) -> epath.Path:
   """Saves a heat map of I(code_d; factor_j) in nats, codes as rows, factors as columns.
 
   `mutual_info` has shape (D, F) (disentanglement.mutual_info_matrix); `code_order` (default:

@@ -571,6 +571,11 @@ def main(argv: Sequence[str]) -> None:
 
 def _sweep(f) -> None:
   """The sweep of the parsed flags `f`: plan, run the workers, write the report."""
+  if workdir_lib.is_uri(f.sweep_dir):  # Its workers, logs and report use local files.
+    raise errors.ConfigError(
+      f"--sweep_dir={f.sweep_dir}: a sweep folder must be local (or a mounted shared file "
+      "system); single runs take gs:// workdirs"
+    )
   sweep_dir = pathlib.Path(f.sweep_dir)
   if f.report_only:
     logging.info("wrote %s", report.write_report(sweep_dir))

@@ -11,7 +11,7 @@ import collections
 import dataclasses
 import json
 import logging
-import pathlib
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from aejax import (
   checkpoint,
@@ -207,7 +208,7 @@ def write_figures(run_dir, model, params, config, eval_data, keys, step: int) ->
   name = f"{config.data.name} {config.task.name}, {config.model.name}, step {step}"
   written = {}
   written["figures/reconstructions"] = figures.save_reconstructions(
-    pathlib.Path(run_dir) / "reconstructions.png",
+    workdir.as_path(run_dir) / "reconstructions.png",
     _figure_rows(config.task.name, batch, output),
     title=f"Reconstructions: {name}",
   )
@@ -222,7 +223,7 @@ def write_figures(run_dir, model, params, config, eval_data, keys, step: int) ->
       logits = model.apply({"params": params}, z, labels, method=model.decode)
       prior = "the prior N(0, I)"
     written["figures/samples"] = figures.save_image_grid(
-      pathlib.Path(run_dir) / "samples.png",
+      workdir.as_path(run_dir) / "samples.png",
       np.asarray(jax.nn.sigmoid(logits)),
       title=f"Samples from {prior}: {name}",
     )
@@ -244,7 +245,7 @@ class Population:
   `checkpoint` are what the loop does at its boundaries.
   """
 
-  def __init__(self, configs, dirs: list[pathlib.Path], run: Setup, mesh, is_writer: bool):
+  def __init__(self, configs, dirs: list[epath.Path], run: Setup, mesh, is_writer: bool):
     self.configs, self.config, self.dirs, self.run, self.mesh = configs, configs[0], dirs, run, mesh
     self.size = len(configs)
     self.batched = self.size > 1
@@ -392,7 +393,7 @@ def _write_run_folders(configs, dirs, run: Setup, allow_config_change: bool) -> 
 
 def train_population(
   configs: Sequence[ml_collections.ConfigDict],
-  run_dirs: Sequence[str | pathlib.Path],
+  run_dirs: Sequence[str | os.PathLike],
   allow_config_change: bool = False,
 ) -> steps.TrainState:
   """Trains configs[i] in run_dirs[i] for every i as one program; returns the final state.
@@ -411,10 +412,12 @@ def train_population(
   if len(configs) != len(run_dirs) or not configs:
     raise ValueError(f"train: {len(configs)} configs for {len(run_dirs)} run folders")
   mesh = parallel.make_mesh()
-  dirs = [pathlib.Path(d) for d in run_dirs]
+  dirs = [workdir.as_path(d) for d in run_dirs]
   is_writer = distributed.is_writer()
   # With several processes, what one of them finds wrong stops all of them (distributed.agreed).
   with distributed.agreed("set-up"):
+    for d in dirs:
+      workdir.check_location(d)
     check_group(configs)
     for c in configs[1:]:
       configs_lib.validate(c, num_devices=mesh.size)

@@ -9,11 +9,11 @@ any finished workdir.
 
 import json
 import logging
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.scipy.special import ndtri
 
 from aejax import api, data, figures, image_metrics, latent_figures, metrics, tasks
@@ -39,7 +39,7 @@ def _title(handle: TrainedModel) -> str:
   return f"{c.model.name} on {c.data.name}, step {handle.step}"
 
 
-def latent_grid(handle: TrainedModel, workdir: pathlib.Path, z_test: np.ndarray) -> pathlib.Path:
+def latent_grid(handle: TrainedModel, workdir: epath.Path, z_test: np.ndarray) -> epath.Path:
   """2-D latents: decode a regular grid into one picture of digits morphing into each other.
 
   A VAE's grid spans the central quantiles of the prior N(0, 1) per axis (the
@@ -69,7 +69,7 @@ def latent_grid(handle: TrainedModel, workdir: pathlib.Path, z_test: np.ndarray)
   )
 
 
-def class_grid(handle: TrainedModel, workdir: pathlib.Path, per_class: int = 10) -> pathlib.Path:
+def class_grid(handle: TrainedModel, workdir: epath.Path, per_class: int = 10) -> epath.Path:
   """Conditional models: one row per class, the same `per_class` prior draws in every row."""
   z = np.asarray(jax.random.normal(jax.random.key(0), (per_class, handle.latent_dim)))
   rows = []
@@ -85,12 +85,12 @@ def class_grid(handle: TrainedModel, workdir: pathlib.Path, per_class: int = 10)
 
 def interpolation(
   handle: TrainedModel,
-  workdir: pathlib.Path,
+  workdir: epath.Path,
   images: np.ndarray,
   labels,
   pairs: int = 8,
   steps: int = 10,
-) -> pathlib.Path:
+) -> epath.Path:
   """Linear paths in latent space between pairs of test images (image 2i -> image 2i + 1)."""
   pairs = min(pairs, len(images) // 2)
   start, end = images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2]
@@ -112,12 +112,12 @@ def interpolation(
 
 def latent_noise(
   handle: TrainedModel,
-  workdir: pathlib.Path,
+  workdir: epath.Path,
   images: np.ndarray,
   labels,
   z_test: np.ndarray,
   count: int = 10,
-) -> pathlib.Path:
+) -> epath.Path:
   """The lesson's task 2: add noise of growing scale to the latents of real digits and decode."""
   y = _labels_for(handle, labels)
   y = None if y is None else y[:count]
@@ -135,7 +135,7 @@ def latent_noise(
 
 
 def task_metrics(
-  handle: TrainedModel, eval_set: data.ImageSet, workdir: pathlib.Path, name: str = "task_metrics"
+  handle: TrainedModel, eval_set: data.ImageSet, workdir: epath.Path, name: str = "task_metrics"
 ) -> dict:
   """Denoising / super-resolution: PSNR and SSIM of the baseline and of the model vs the target.
 
@@ -187,7 +187,7 @@ def task_metrics(
   return results
 
 
-def superres_from_noise(handle: TrainedModel, workdir: pathlib.Path, count: int = 10):
+def superres_from_noise(handle: TrainedModel, workdir: epath.Path, count: int = 10):
   """The lesson's 'super-resolution from pure noise': uniform noise as the low-res input."""
   height, width, channels = handle.image_shape
   factor = handle.config.task.superres_factor
@@ -210,8 +210,8 @@ MAX_TRAVERSAL_ROWS = 16
 
 
 def traversals(
-  handle: TrainedModel, workdir: pathlib.Path, images: np.ndarray, labels, z_test: np.ndarray
-) -> pathlib.Path:
+  handle: TrainedModel, workdir: epath.Path, images: np.ndarray, labels, z_test: np.ndarray
+) -> epath.Path:
   """One row per latent dimension: the first test image's code with that dimension swept.
 
   VAEs: rows sorted by the dimension's mean KL(q(z_d|x) || N(0, 1)) over the test images
@@ -257,7 +257,7 @@ def traversals(
 
 def write_final_outputs(handle: TrainedModel, eval_set: data.ImageSet, workdir) -> list[str]:
   """Every figure and table that applies to this model; returns the names written."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   written = []
   images, labels = eval_set.images, eval_set.labels
   if handle.num_classes and labels is None:
@@ -312,7 +312,7 @@ def finalize(
   # The final pictures also go to TensorBoard's Images tab, at the step they were drawn from.
   writer = metrics.MetricWriter(run_dir)
   pngs = {f"figures/{name.removesuffix('.png')}": name for name in written if name.endswith(".png")}
-  writer.write_images(handle.step, {tag: pathlib.Path(run_dir) / n for tag, n in pngs.items()})
+  writer.write_images(handle.step, {tag: epath.Path(run_dir) / n for tag, n in pngs.items()})
   writer.close()
   logging.info("Wrote %s", ", ".join(written))
   return written

@@ -1,14 +1,18 @@
 """The run folder: its file names, atomic writes, and the check that a rerun resumes its own config.
 
-A workdir is data, not code: everything here reads and writes JSON.
+A workdir is data, not code: everything here reads and writes JSON. Paths go through
+`etils.epath`, so a workdir may be a local folder or an object-store URI such as
+gs://bucket/run (docs/scaling.md, "Workdirs on Cloud Storage").
 """
 
+import importlib.util
 import json
 import logging
-import pathlib
+import os
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from aejax import errors
 
@@ -22,48 +26,98 @@ EVAL_RESULTS_JSON = "eval_results.json"  # Written by `python -m aejax.evaluate`
 EVAL_RESULTS_MD = "eval_results.md"
 
 
-def write_atomically(path: pathlib.Path, text: str) -> None:
-  """Writes to a temporary file, then renames it: a kill never leaves a half-written file."""
-  path = pathlib.Path(path)
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """`path` as an epath.Path: a local path behaves as pathlib's, gs://... as an object store.
+
+  (pathlib.Path("gs://bucket/run") would be the local folder "gs:/bucket/run".)
+  """
+  return epath.Path(path)
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+  """True for gs://, s3:// and the other object stores epath reaches; False for local paths."""
+  return "://" in os.fspath(path)
+
+
+def check_location(path: str | os.PathLike, what: str = "--workdir") -> None:
+  """ConfigError unless `path` is a local path, or a gs:// URI with its client installed.
+
+  Checked before a run starts: TensorBoard's writer reaches gs:// through
+  google-cloud-storage (in aejax[gcs]), and no other store is tested.
+  """
+  if not is_uri(path):
+    return
+  scheme = os.fspath(path).split("://", 1)[0]
+  if scheme != "gs":
+    raise errors.ConfigError(
+      f"{what}={os.fspath(path)}: {scheme}:// is not supported; use a local path or gs://"
+    )
+  try:
+    found = importlib.util.find_spec("google.cloud.storage") is not None
+  except ModuleNotFoundError:
+    found = False
+  if not found:
+    raise errors.ConfigError(
+      f"{what}={os.fspath(path)}: writing to gs:// needs google-cloud-storage; "
+      "pip install 'aejax[gcs]'"
+    )
+
+
+def local_absolute(path: str | os.PathLike) -> epath.Path:
+  """A local path made absolute (Orbax needs that); a URI as it is (it is absolute already)."""
+  path = as_path(path)
+  return path if is_uri(path) else path.absolute()
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+  """Writes so that a kill never leaves a half-written file.
+
+  Locally: a temporary file renamed over the old one. An object store replaces an object
+  whole on each write (a reader sees the old or the new one), and has no cheap rename.
+  """
+  path = as_path(path)
+  if is_uri(path):
+    path.write_text(text)
+    return
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   tmp.replace(path)
 
 
-def write_json(path: pathlib.Path, value: Any) -> None:
+def write_json(path: epath.Path, value: Any) -> None:
   write_atomically(path, json.dumps(value, indent=2) + "\n")
 
 
-def read_json(path: pathlib.Path) -> Any:
+def read_json(path: epath.Path) -> Any:
   """The JSON in `path`; ConfigError naming the file if it is missing or unreadable."""
   try:
-    return json.loads(pathlib.Path(path).read_text())
+    return json.loads(as_path(path).read_text())
   except (OSError, json.JSONDecodeError) as error:
     raise errors.ConfigError(f"{path}: unreadable ({error})") from error
 
 
-def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def write_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
   write_atomically(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n")
 
 
-def write_run_info(workdir: pathlib.Path, run_info: dict) -> None:
+def write_run_info(workdir: epath.Path, run_info: dict) -> None:
   write_json(workdir / RUN_INFO_FILE, run_info)
 
 
-def final_step(workdir: pathlib.Path) -> int | None:
+def final_step(workdir: epath.Path) -> int | None:
   """The step of final_metrics.json, or None if the run has not finished."""
   try:
-    return json.loads((pathlib.Path(workdir) / FINAL_METRICS_FILE).read_text())["step"]
+    return json.loads((as_path(workdir) / FINAL_METRICS_FILE).read_text())["step"]
   except (OSError, ValueError, KeyError, TypeError):
     return None
 
 
-def write_final_metrics(workdir: pathlib.Path, step: int, metrics: dict) -> None:
-  write_json(pathlib.Path(workdir) / FINAL_METRICS_FILE, {"step": step, **metrics})
+def write_final_metrics(workdir: epath.Path, step: int, metrics: dict) -> None:
+  write_json(as_path(workdir) / FINAL_METRICS_FILE, {"step": step, **metrics})
 
 
-def has_checkpoints(workdir: pathlib.Path) -> bool:
-  folder = pathlib.Path(workdir) / CHECKPOINTS_DIR
+def has_checkpoints(workdir: epath.Path) -> bool:
+  folder = as_path(workdir) / CHECKPOINTS_DIR
   return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
@@ -104,14 +158,14 @@ def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   }
 
 
-def check_config_change(workdir: pathlib.Path, config, allow: bool) -> None:
+def check_config_change(workdir: epath.Path, config, allow: bool) -> None:
   """Refuses to resume checkpoints of another config in `workdir`, listing the changed fields.
 
   Only fields outside RESUMABLE_FIELDS count. A workdir without checkpoints
   can be reused freely; `allow` (--allow_config_change) overrides the check,
   and the new config.json then replaces the old one.
   """
-  saved = pathlib.Path(workdir) / CONFIG_FILE
+  saved = as_path(workdir) / CONFIG_FILE
   if not (saved.exists() and has_checkpoints(workdir)):
     return
   try:

@@ -105,7 +105,7 @@ def test_save_reconstructions_mixed_resolutions(tmp_path):
 def test_save_reconstructions_rgb_fewer_images_and_str_path(tmp_path):
   rows = {"input": _images(3, 8, 8, 3), "output": _images(2, 8, 8, 3), "grey": _images(3, 8, 8, 1)}
   path = figures.save_reconstructions(str(tmp_path / "r.png"), rows, "RGB", max_images=5)
-  assert isinstance(path, pathlib.Path)
+  assert isinstance(path, os.PathLike) and path == tmp_path / "r.png"
   assert _read_png(path).shape[:2] == (round(3.6 * 100), round(4.6 * 100))
 
 
