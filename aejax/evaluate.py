@@ -582,7 +582,7 @@ def markdown_table(results: dict) -> str:
 def _define_flags() -> None:
   # Defined on use, not at import: aejax.main defines `workdir` too, and both modules may be
   # imported into one process.
-  flags.DEFINE_string("workdir", None, "A trained aejax workdir.")
+  flags.DEFINE_string("workdir", None, "A trained aejax workdir (local or gs://...).")
   flags.DEFINE_string("split", "test", "Split of the run's data set to evaluate.")
   flags.DEFINE_integer("nll_samples", DEFAULT_NLL_SAMPLES, "k of the importance-sampled NLL.")
   flags.DEFINE_integer("seed", 0, "Seed of every sample and corruption.")

@@ -10,7 +10,9 @@ from ml_collections import config_flags
 from aejax import accelerators, compilation, configs, distributed, errors, runner, train, visualize
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+flags.DEFINE_string(
+  "workdir", None, "Folder (local or gs://...) for checkpoints, metrics and figures."
+)
 distributed.define_flags(__name__)
 compilation.define_flags(__name__)
 flags.DEFINE_bool(
