@@ -1,9 +1,10 @@
 """Workdirs on Cloud Storage: training, resuming, aejax.load and evaluate with --workdir=gs://...
 
 The processes talk to a local server of the GCS JSON API (gcp-storage-emulator, started
-here): Orbax's arrays through TensorStore (TENSORSTORE_GCS_HTTP_URL), every other file through
-etils.epath's gcsfs backend (STORAGE_EMULATOR_HOST; TensorFlow's GCS client, epath's default,
-cannot be pointed at another host), TensorBoard's event files through google-cloud-storage.
+here by tests/gcs_server.py): Orbax's arrays through TensorStore (TENSORSTORE_GCS_HTTP_URL),
+every other file through etils.epath's gcsfs backend (STORAGE_EMULATOR_HOST; TensorFlow's
+GCS client, epath's default, cannot be pointed at another host), TensorBoard's event files
+through google-cloud-storage.
 """
 
 import json
@@ -20,6 +21,7 @@ import pytest
 from aejax import errors, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+SERVER = pathlib.Path(__file__).with_name("gcs_server.py")
 BUCKET = "aejax-test"
 RUN = [
   "--config=experiments/quickstart.py:tiny",
@@ -42,8 +44,8 @@ def gcs_env(tmp_path_factory):
   folder = tmp_path_factory.mktemp("gcs")
   log = folder / "emulator.log"  # A file, not a pipe: it logs every request.
   server = subprocess.Popen(
-    [sys.executable, "-m", "gcp_storage_emulator", "start", f"--port={port}",
-     "--host=localhost", f"--default-bucket={BUCKET}"],
+    [sys.executable, str(SERVER), "start", f"--port={port}", "--host=localhost",
+     f"--default-bucket={BUCKET}"],
     cwd=folder, stdout=subprocess.DEVNULL, stderr=log.open("w"),
   )  # fmt: skip
   deadline = time.monotonic() + 60
