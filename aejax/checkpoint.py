@@ -61,6 +61,9 @@ def checkpoint_manager(
     ) from error
 
 
+_whole_array_writes = False  # Set once the handler below is registered in this process.
+
+
 def _write_arrays_whole_on_cpu() -> None:
   """Saves each replicated array from one device, not split across its replicas, on CPU backends.
 
@@ -69,9 +72,19 @@ def _write_arrays_whole_on_cpu() -> None:
   each slice is one more small program to compile per array shape and device: with 8 devices a
   tiny model's first save took 5 s, nearly all of it compiling slices.
   """
-  if jax.default_backend() == "cpu":
-    handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+  global _whole_array_writes
+  if _whole_array_writes or jax.default_backend() != "cpu":
+    return
+  _whole_array_writes = True
+  handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+  # Orbax warns that a handler is replaced, in a log where warnings should mean trouble.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logger.setLevel(level)
 
 
 def read_only_manager(directory: str | os.PathLike, **kwargs) -> ocp.CheckpointManager:
