@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aejax import checkpoint, errors, losses, models, parallel, samplers, steps
+from aejax import checkpoint, errors, losses, models, parallel, samplers, steps, utilisation
 from aejax import workdir as workdir_lib
 from aejax.workdir import CONFIG_FILE, RUN_INFO_FILE
 
@@ -61,9 +61,16 @@ class TrainedModel:
     self.latent_dim = int(getattr(model, "latent_size", config.model.latent_dim))
     self.num_classes = int(config.model.num_classes)
     self.is_variational = self.model.is_variational
-    self._encode = jax.jit(lambda p, x, y: self.model.apply({"params": p}, x, y, method="encode"))
-    self._decode = jax.jit(lambda p, z, y: self.model.apply({"params": p}, z, y, method="decode"))
+    # The run's config.matmul_precision (configs saved before the field existed: the default).
+    self.matmul_precision = config.get("matmul_precision", "default")
+    self._encode = jax.jit(lambda p, x, y: self.apply({"params": p}, x, y, method="encode"))
+    self._decode = jax.jit(lambda p, z, y: self.apply({"params": p}, z, y, method="decode"))
     self._sample_fn = None
+
+  def apply(self, *args, **kwargs):
+    """`self.model.apply` at the run's matmul precision: what the methods below trace."""
+    with utilisation.matmul_precision(self.matmul_precision):
+      return self.model.apply(*args, **kwargs)
 
   # -- input checks -------------------------------------------------------
 
@@ -205,7 +212,7 @@ class TrainedModel:
     """The model's `sample` hook, jitted once per (n, labels given)."""
     if self._sample_fn is None:
       self._sample_fn = jax.jit(
-        lambda p, k, n, y: self.model.apply({"params": p}, k, n, y, method="sample"),
+        lambda p, k, n, y: self.apply({"params": p}, k, n, y, method="sample"),
         static_argnums=2,
       )
     return self._sample_fn(params, key, n, labels)
@@ -273,9 +280,10 @@ def load(
   model = models.build_model(config.model, image_shape, trust_model_code=trust_model_code)
   tx = steps.make_optimizer(model, config, max(1, config.total_steps), 1)
   mesh = parallel.make_mesh(jax.local_devices()[:1])
-  abstract = jax.eval_shape(
-    lambda: steps.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
-  )
+  with utilisation.matmul_precision(config.get("matmul_precision", "default")):
+    abstract = jax.eval_shape(
+      lambda: steps.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
+    )
   sharding = parallel.replicated(mesh)
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import ml_collections
 
-from aejax import errors, layers, losses, models, networks, optim, tasks
+from aejax import errors, layers, losses, models, networks, optim, tasks, utilisation
 
 DATA_SOURCES = ("auto", "tfds", "idx", "amat", "digits", "rendered")
 # Where the training split lives while training (aejax/feeding.py).
@@ -113,6 +113,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.final_figures = True  # After the last step: latent grid/scatter, interpolation, task metrics.
   c.scatter_method = "pca"  # Latent scatter above 2-D: "pca" or "tsne" (slower).
   c.progress_bar = True
+  # Matmuls and convolutions: "default" (the backend's choice), "bfloat16", "tensorfloat32" or
+  # "float32" (jax_default_matmul_precision; TPUs default to one bfloat16 pass).
+  c.matmul_precision = "default"
+  # > 0: a jax.profiler trace of this many steps after the first dispatch, in workdir/profile.
+  c.profile_steps = 0
+  # The device's peak TFLOP/s for train/mfu; 0: looked up by device kind (aejax/utilisation.py).
+  c.peak_tflops_per_device = 0.0
   return c
 
 
@@ -157,6 +164,8 @@ _NUMBERS = (
   ("keep_checkpoints", int, 1, _INT_MAX),
   ("eval_batch_size", int, 1, _INT_MAX),
   ("num_figure_images", int, 1, _INT_MAX),
+  ("profile_steps", int, 0, _INT_MAX),
+  ("peak_tflops_per_device", float, 0, None),
 )
 # Fields holding a sequence of numbers: (field, int or float, minimum of each entry).
 _SEQUENCES = (
@@ -168,7 +177,7 @@ _SEQUENCES = (
 _BOOLS = ("data.dynamic_binarization", "model.learn_log_scale", "final_figures", "progress_bar")
 _STRINGS = (
   "data.name", "data.data_dir", "data.train_split", "data.eval_split", "data.placement",
-  "model.dtype", "model.conv_impl",
+  "model.dtype", "model.conv_impl", "matmul_precision",
 )  # fmt: skip
 
 
@@ -310,6 +319,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
       "model.conv_impl",
       f"unknown convolution {c.model.conv_impl!r}; valid: {', '.join(layers.CONV_IMPLS)}",
     )
+  if c.matmul_precision not in utilisation.MATMUL_PRECISIONS:
+    valid = ", ".join(utilisation.MATMUL_PRECISIONS)
+    _fail("matmul_precision", f"unknown precision {c.matmul_precision!r}; valid: {valid}")
   if c.scatter_method not in ("pca", "tsne"):
     _fail("scatter_method", f"unknown method {c.scatter_method!r}; valid: pca, tsne")
   if c.objective.beta < 0:

@@ -1,5 +1,6 @@
 """Evaluation of a trained workdir: IWAE-bound NLL, ELBO, latents, probes and FID."""
 
+import functools
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from aejax import (
   progress,
   runner,
   samplers,
+  utilisation,
 )
 from aejax import fid as fid_lib  # `fid` is evaluate()'s switch.
 from aejax import workdir as workdir_lib
@@ -157,6 +159,29 @@ def _fid_results(
   return out, []
 
 
+def _at_the_runs_matmul_precision(evaluate_fn):
+  """Runs `evaluate_fn(workdir, ...)` with matmuls and convolutions traced at the precision the
+  run trained at (its config.matmul_precision; the default for configs without the field)."""
+
+  @functools.wraps(evaluate_fn)
+  def at_precision(workdir, **kwargs):
+    config_file = workdir_lib.as_path(workdir) / workdir_lib.CONFIG_FILE
+    try:
+      precision = json.loads(config_file.read_text()).get("matmul_precision", "default")
+    except (OSError, ValueError, AttributeError):
+      precision = "default"  # evaluate_fn reports what is wrong with the workdir.
+    if precision not in utilisation.MATMUL_PRECISIONS:
+      raise errors.CheckpointError(
+        f"{config_file}: matmul_precision {precision!r} is not one of "
+        f"{', '.join(utilisation.MATMUL_PRECISIONS)}"
+      )
+    with utilisation.matmul_precision(precision):
+      return evaluate_fn(workdir, **kwargs)
+
+  return at_precision
+
+
+@_at_the_runs_matmul_precision
 def evaluate(
   workdir: str | os.PathLike,
   *,

@@ -8,6 +8,7 @@ sweep worker call `visualize.finalize` after training.
 """
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +36,7 @@ from aejax import (
   progress,
   steps,
   tasks,
+  utilisation,
   workdir,
 )
 from aejax import configs as configs_lib
@@ -279,6 +281,11 @@ class Population:
     self.pending_sums = []
     self.skipped_steps = np.zeros(self.size, np.int64)
     self.last_log = (time.perf_counter(), 0)
+    # Device utilisation (aejax/utilisation.py): the program's FLOPs per step once it has run.
+    self.flops_per_step = None
+    self.peak_tflops = utilisation.peak_tflops(
+      mesh.devices.flat[0], self.config.peak_tflops_per_device
+    )
 
   def members(self, tree) -> list:
     """Member i of a population's pytree, for each i (the tree itself when S = 1)."""
@@ -324,15 +331,21 @@ class Population:
     self.skipped_steps += np.sum([f["skipped_steps"] for f in fetched], axis=0)
     names = [k for k in fetched[0] if k not in steps.MULTI_STEP_COUNTERS]
     now = time.perf_counter()
+    steps_per_sec = (step - self.last_log[1]) / (now - self.last_log[0])
     # Images per second of each member; a population processes S times as many.
-    rate = (step - self.last_log[1]) * self.config.batch_size / (now - self.last_log[0])
+    rate = steps_per_sec * self.config.batch_size
     self.last_log, self.pending_sums = (now, step), []
+    # The program's, shared by the members: TFLOP/s per device, utilisation, peak memory.
+    device_use = utilisation.utilisation_metrics(
+      self.flops_per_step, steps_per_sec, self.peak_tflops, utilisation.peak_memory_bytes()
+    )
     records = []
     for i in range(self.size):
       record = {
         f"train/{k}": sum(float(f[k][i]) for f in fetched) / max(int(counted[i]), 1) for k in names
       }
       record["train/images_per_sec"] = rate
+      record.update(device_use)
       if self.config.nonfinite == "skip":
         record["train/skipped_steps"] = int(self.skipped_steps[i])
       records.append(record)
@@ -425,7 +438,14 @@ def train_population(
     run = setup(config, mesh.size)
     if is_writer:
       _write_run_folders(configs, dirs, run, allow_config_change)
-  counts = run.counts
+  # Matmuls and convolutions at the config's precision in every program the run traces.
+  with utilisation.matmul_precision(config.matmul_precision):
+    return _train_loop(configs, dirs, run, mesh, is_writer)
+
+
+def _train_loop(configs, dirs: list[epath.Path], run: Setup, mesh, is_writer: bool):
+  """train_population once its folders are written: restore, the loop, the summary."""
+  config, counts = configs[0], run.counts
   pop = Population(configs, dirs, run, mesh, is_writer)
   with distributed.agreed("restore"):
     start_step = pop.restore()
@@ -471,20 +491,37 @@ def train_population(
   )
 
   def dispatch_length(step: int) -> int:
-    """Steps of the dispatch from `step`: to the next log/eval/checkpoint boundary, at most
-    steps_per_dispatch (and a streamed chunk)."""
-    return min([chunk, counts.total_steps - step] + [every - step % every for every in intervals])
+    """Steps of the dispatch from `step`: to the next log/eval/checkpoint boundary (and the end
+    of a profile), at most steps_per_dispatch (and a streamed chunk)."""
+    ends = [chunk, counts.total_steps - step] + [every - step % every for every in intervals]
+    if profile is not None and step < profile[1]:
+      ends.append(profile[1] - step)
+    return min(ends)
 
-  with StopRequest() as stop:
+  # config.profile_steps: the steps after the first dispatch, traced by the writer process.
+  profile = None  # The first dispatch's length, which places the window, knows no window yet.
+  profile = utilisation.profile_window(
+    step + dispatch_length(step), config.profile_steps, counts.total_steps
+  )
+  profile_dir = workdir.local_absolute(dirs[0]) / "profile"
+  tracing = False
+  if config.profile_steps and profile is None:
+    logging.warning("profile_steps: no step after the first dispatch is left to profile")
+
+  with StopRequest() as stop, _stopping_trace(lambda: tracing):
     while step < counts.total_steps:
+      if profile is not None and step == profile[0] and is_writer:
+        utilisation.start_trace(profile_dir)
+        tracing = True
       num_steps = dispatch_length(step)
       if stream is not None:
         train_images, train_labels = stream.take(num_steps)
       elif perm is None or step % counts.steps_per_epoch == 0:
         perm = perm_fn(pop.keys, pop.num_train, step // counts.steps_per_epoch)
-      pop.state, sums = multi_step(
-        pop.state, train_images, train_labels, perm, num_steps, pop.keys, pop.hp
-      )
+      args = (pop.state, train_images, train_labels, perm, num_steps, pop.keys, pop.hp)
+      pop.state, sums = multi_step(*args)
+      if pop.flops_per_step is None:  # Looked up, not compiled again: the program has run.
+        pop.flops_per_step = utilisation.program_flops(multi_step, *args)
       if stream is not None:  # The next chunk is read and sent while this one trains.
         stream.prefetch(
           dispatch_length(step + num_steps) if step + num_steps < counts.total_steps else 0
@@ -501,6 +538,10 @@ def train_population(
         raise errors.NonFiniteError(int(first_bad[i]), what, latest, str(dirs[i]))
       step += num_steps
       bar.update(num_steps)
+      if tracing and step == profile[1]:
+        utilisation.stop_trace(wait_for=pop.state)
+        tracing = False
+        logging.info("Wrote a profile of steps %d to %d in %s", *profile, profile_dir)
       # A signal to any process stops every process after this same step. Every process acts
       # on the agreed value alone: a signal arriving from here on (in one process) is shared
       # after the next dispatch, never acted on by one process while the others go on.
@@ -535,6 +576,16 @@ def train_population(
       workdir.write_final_metrics(d, counts.total_steps, metrics)
   _log_summary(config, dirs, start_step, counts.total_steps, start_time, eval_metrics)
   return pop.state
+
+
+@contextlib.contextmanager
+def _stopping_trace(is_tracing):
+  """Ends a profiler trace still running when the loop ends early (an error, a stop)."""
+  try:
+    yield
+  finally:
+    if is_tracing():
+      utilisation.stop_trace()
 
 
 def _log_start(pop: Population, counts) -> None:

@@ -128,13 +128,17 @@ RESUMABLE_FIELDS = frozenset({
   "num_epochs", "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
   "keep_checkpoints", "eval_batch_size", "num_figure_images", "final_figures", "scatter_method",
   "progress_bar", "steps_per_dispatch", "nonfinite", "data.data_dir", "data.source",
-  "data.eval_split", "data.eval_limit", "data.placement",
+  "data.eval_split", "data.eval_limit", "data.placement", "profile_steps",
+  "peak_tflops_per_device",
 })  # fmt: skip
 
 
 # Fields added to the config after workdirs were already written, with the value that runs
 # written before them used: a saved config without the field resumes under that value.
-ADDED_FIELDS = {"model.dtype": "float32", "model.conv_impl": "auto", "data.placement": "auto"}
+ADDED_FIELDS = {
+  "model.dtype": "float32", "model.conv_impl": "auto", "data.placement": "auto",
+  "matmul_precision": "default",
+}  # fmt: skip
 
 
 def flatten_fields(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "aejax"
 
 LAYERS = (
   # Foundations: no aejax imports but errors.
-  "errors", "progress", "accelerators", "compilation", "image_metrics", "figures",
+  "errors", "progress", "accelerators", "compilation", "utilisation", "image_metrics", "figures",
   "latent_figures", "workdir", "runner", "distributed", "datafiles", "ground_truth", "dsprites",
   "data", "study_stats",
   # What a model is and how it learns.
