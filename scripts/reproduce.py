@@ -2,6 +2,7 @@
 
   python scripts/reproduce.py --runs_dir=runs --only=lesson_conv_ae,flax_vae_parity
   python scripts/reproduce.py --zoo --runs_dir=runs --seeds=0,1,2 [--steps=N] [--eval_limit=N]
+  python scripts/reproduce.py --burda --runs_dir=runs --seeds=0 [--steps=N] [--eval_limit=N]
 
 Each experiment runs as `python -m aejax.main` in RUNS_DIR/NAME (resuming if it
 was interrupted); the table (Markdown) is printed and written to
@@ -14,6 +15,11 @@ of importance samples, and the table (RUNS_DIR/zoo_results.md) gives the
 published value next to the measured mean +- std over seeds, with the fraction
 of the paper's training run that was used (--steps shortens every run to N
 steps; 0 runs the full protocol).
+
+With --burda it reproduces Burda et al.'s Table 1 for one stochastic layer
+instead (BURDA_ROWS: the k-sample VAE and IWAE objectives for k = 1, 5, 50, 3,280
+passes at batch 20, test NLL -L_5000), in RUNS_DIR/burda/ROW and
+RUNS_DIR/burda_results.md, in the same form.
 """
 
 import argparse
@@ -102,6 +108,26 @@ ZOO_ROWS = (
   ),
 )  # fmt: skip
 
+# Burda, Grosse & Salakhutdinov (2016), Table 1, MNIST, one stochastic layer: test -log p(x)
+# estimated with L_5000, for the k-sample VAE objective and the IWAE bound.
+_BURDA_TABLE_1 = {("vae", 1): 86.76, ("vae", 5): 86.47, ("vae", 50): 86.35,
+                  ("iwae", 1): 86.76, ("iwae", 5): 85.54, ("iwae", 50): 84.78}  # fmt: skip
+BURDA_ROWS = tuple(
+  PublishedRow(
+    f"{objective.upper()} k={k}",
+    f"iwae_burda.py:{objective},k{k}",
+    published,
+    f"Burda et al. 2016, Table 1, MNIST, 1 stochastic layer, {objective.upper()} k={k}",
+    "dynamic binarization, 784-200-200-50 tanh, batch 20, 3,280 passes, L_5000",
+  )  # fmt: skip
+  for (objective, k), published in _BURDA_TABLE_1.items()
+)
+# --zoo and --burda: the rows, and the folder and results file of each table.
+TABLES = {
+  "zoo": (ZOO_ROWS, "zoo", "zoo_results.md"),
+  "burda": (BURDA_ROWS, "burda", "burda_results.md"),
+}
+
 
 def _slug(row: PublishedRow) -> str:
   return row.experiment.replace("zoo/", "").replace(".py", "").replace(":", "_").replace(",", "_")
@@ -146,13 +172,15 @@ ZOO_HEADER = (
 )
 
 
-def reproduce_zoo(args, overrides) -> None:
+def reproduce_published(args, overrides, table: str) -> None:
+  """Each row of TABLES[table] as a seed sweep, then its table of published vs measured NLLs."""
+  published_rows, folder, results_file = TABLES[table]
   runs_dir = pathlib.Path(args.runs_dir)
   rows, started = [], time.perf_counter()
-  for row in ZOO_ROWS:
+  for row in published_rows:
     if args.only_rows and _slug(row) not in args.only_rows.split(","):
       continue
-    sweep_dir = runs_dir / "zoo" / _slug(row)
+    sweep_dir = runs_dir / folder / _slug(row)
     command = [
       sys.executable, "scripts/sweep.py", f"--config=experiments/{row.experiment}",
       f"--sweep_dir={sweep_dir}", f"--seeds={args.seeds}", f"--nll_samples={row.nll_samples}",
@@ -181,10 +209,10 @@ def reproduce_zoo(args, overrides) -> None:
       *rows,
       "",
       "Sources:",
-      *[f"- {row.label}: {row.source}" for row in ZOO_ROWS],
+      *[f"- {row.label}: {row.source}" for row in published_rows],
     ]
   )
-  (runs_dir / "zoo_results.md").write_text(table + "\n")
+  (runs_dir / results_file).write_text(table + "\n")
   print(table)
 
 
@@ -207,16 +235,19 @@ def main() -> None:
   parser.add_argument("--runs_dir", default="runs")
   parser.add_argument("--only", default=",".join(ANCHORS), help="comma-separated experiments")
   parser.add_argument("--zoo", action="store_true", help="the zoo's published NLLs (ZOO_ROWS)")
-  parser.add_argument("--only_rows", default="", help="--zoo: comma-separated row names")
-  parser.add_argument("--seeds", default="0,1,2", help="--zoo: the seeds of every row")
-  parser.add_argument("--steps", type=int, default=0, help="--zoo: > 0 shortens every run")
-  parser.add_argument("--eval_limit", type=int, default=0, help="--zoo: > 0: first N test images")
+  parser.add_argument("--burda", action="store_true", help="Burda et al.'s Table 1 (BURDA_ROWS)")
+  parser.add_argument("--only_rows", default="", help="--zoo/--burda: comma-separated row names")
+  parser.add_argument("--seeds", default="0,1,2", help="--zoo/--burda: the seeds of every row")
+  parser.add_argument("--steps", type=int, default=0, help="--zoo/--burda: > 0 shortens each run")
+  parser.add_argument(
+    "--eval_limit", type=int, default=0, help="--zoo/--burda: > 0: the first N test images"
+  )
   # Anything else (e.g. --config.seed=1) is passed to every run.
   args, overrides = parser.parse_known_args()
   runs_dir = pathlib.Path(args.runs_dir)
   runs_dir.mkdir(parents=True, exist_ok=True)
-  if args.zoo:
-    reproduce_zoo(args, overrides)
+  if args.zoo or args.burda:
+    reproduce_published(args, overrides, "zoo" if args.zoo else "burda")
     return
 
   import jax  # After argument parsing: importing jax takes a moment.

@@ -1,5 +1,6 @@
-"""scripts/reproduce.py --zoo: its published rows agree with the experiments' docstrings, and the
-table is computed from the runs' results (mean and sample std over seeds, the share of the run)."""
+"""scripts/reproduce.py --zoo and --burda: their published rows agree with the experiments'
+docstrings, and the table is computed from the runs' results (mean and sample std over seeds, the
+share of the run)."""
 
 import importlib.util
 import json
@@ -21,7 +22,9 @@ def _reproduce():
 reproduce = _reproduce()
 
 
-@pytest.mark.parametrize("row", reproduce.ZOO_ROWS, ids=lambda r: r.label)
+@pytest.mark.parametrize(
+  "row", reproduce.ZOO_ROWS + reproduce.BURDA_ROWS, ids=lambda r: r.experiment
+)
 def test_each_published_row_is_cited_by_its_experiment(row):
   """The number in the table is the number the experiment's docstring measures itself against."""
   path = ROOT / "experiments" / row.experiment.partition(":")[0]
@@ -30,6 +33,17 @@ def test_each_published_row_is_cited_by_its_experiment(row):
   assert any(text in module_doc for text in cited), f"{path.name} does not cite {row.published}"
   # The paper's run, in steps, from the experiment's full configuration.
   assert reproduce.paper_steps(row) > 100_000
+
+
+def test_burdas_table_is_six_rows_of_the_full_protocol():
+  rows = {row.experiment: row.published for row in reproduce.BURDA_ROWS}
+  assert rows == {
+    "iwae_burda.py:vae,k1": 86.76, "iwae_burda.py:vae,k5": 86.47, "iwae_burda.py:vae,k50": 86.35,
+    "iwae_burda.py:iwae,k1": 86.76, "iwae_burda.py:iwae,k5": 85.54,
+    "iwae_burda.py:iwae,k50": 84.78,
+  }  # fmt: skip
+  # 3,280 passes over 60,000 images at batch 20.
+  assert {reproduce.paper_steps(row) for row in reproduce.BURDA_ROWS} == {3280 * 3000}
 
 
 def test_the_zoo_row_is_the_mean_and_sample_std_over_seeds(tmp_path):
