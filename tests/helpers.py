@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 
 import pytest
 
@@ -99,3 +100,10 @@ def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
       build(folder)
       (folder / ".built").touch()
   return folder
+
+
+def free_port() -> int:
+  """A TCP port on localhost that nothing listens on now (for a coordinator or a server)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]

@@ -10,13 +10,13 @@ through google-cloud-storage.
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from helpers import free_port
 
 from aejax import errors, workdir
 
@@ -30,16 +30,10 @@ RUN = [
 ]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gcs_env(tmp_path_factory):
   """The environment of a process that reaches gs://aejax-test on a local emulator."""
-  port = _free_port()
+  port = free_port()
   url = f"http://localhost:{port}"
   folder = tmp_path_factory.mktemp("gcs")
   log = folder / "emulator.log"  # A file, not a pipe: it logs every request.

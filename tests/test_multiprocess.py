@@ -11,7 +11,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import built_once
+from helpers import built_once, free_port
 
 import aejax
 from aejax import distributed, errors, fid
@@ -34,12 +33,6 @@ RUN = [
   "--config.eval_every_steps=120",
   "--config.final_figures=False",
 ]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _env(devices_per_process: int) -> dict:
@@ -63,7 +56,7 @@ def _start(
   fault-injecting stand-in for aejax.main, say).
   """
   logs.mkdir(parents=True, exist_ok=True)
-  address = f"localhost:{_free_port()}"
+  address = f"localhost:{free_port()}"
   procs = []
   for i in range(num_processes):
     runs = program_0 if i == 0 and program_0 else program
@@ -357,7 +350,7 @@ def _join_alone(workdir, address, process_id: int) -> subprocess.CompletedProces
 
 
 def test_a_process_whose_coordinator_never_comes_exits_2_naming_the_address(tmp_path):
-  address = f"localhost:{_free_port()}"
+  address = f"localhost:{free_port()}"
   result = _join_alone(tmp_path / "run", address, process_id=1)
   assert result.returncode == 2, result.stderr[-3000:]
   assert f"DistributedError: process 1 of 2 could not join the run at {address} within 3 s" in (
@@ -370,7 +363,7 @@ def test_a_process_whose_coordinator_never_comes_exits_2_naming_the_address(tmp_
 def test_a_coordinator_whose_peers_never_come_is_ended_by_jax_after_the_timeout(tmp_path):
   """JAX's runtime aborts the coordinator (SIGABRT) when the others miss the timeout: no Python
   error to catch. aejax's line before it says what the process waited for (docs/scaling.md)."""
-  address = f"localhost:{_free_port()}"
+  address = f"localhost:{free_port()}"
   result = _join_alone(tmp_path / "run", address, process_id=0)
   assert result.returncode == -signal.SIGABRT
   assert f"Process 0 of 2: joining the run at {address} (waiting up to 3 s" in result.stderr
