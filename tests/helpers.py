@@ -1,6 +1,7 @@
 """Shared test helpers: the tiny run configs several test modules train, and the golden values."""
 
 import fcntl
+import importlib.util
 import json
 import os
 import pathlib
@@ -107,3 +108,12 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
+
+
+def load_script(name: str):
+  """scripts/NAME.py as a module (scripts/ is not a package)."""
+  path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

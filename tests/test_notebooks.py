@@ -5,7 +5,6 @@ scripts/run_notebooks.py's `execute_notebook`, in a python3 kernel of this inter
 AEJAX_NOTEBOOK_SMALL=1 and its runs in a temporary folder (AEJAX_NOTEBOOK_RUNS).
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -15,22 +14,13 @@ import sys
 
 import nbformat
 import pytest
-from helpers import built_once
+from helpers import built_once, load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
 
 
-def _load_runner():
-  """scripts/run_notebooks.py as a module (scripts/ is not a package)."""
-  path = ROOT / "scripts" / "run_notebooks.py"
-  spec = importlib.util.spec_from_file_location("run_notebooks", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-run_notebooks = _load_runner()
+run_notebooks = load_script("run_notebooks")
 
 
 def _kernel_env(data_dir) -> dict:

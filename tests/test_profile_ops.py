@@ -1,23 +1,11 @@
 """Tests for scripts/profile_ops.py: exclusive times of nested trace events, HLO op descriptions,
 and a real JAX profile of the MLP case."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
+from helpers import load_script
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _load_script():
-  spec = importlib.util.spec_from_file_location("profile_ops", ROOT / "scripts" / "profile_ops.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-profile_ops = _load_script()
+profile_ops = load_script("profile_ops")
 
 
 def _event(name, ts, dur, tid=1):

@@ -2,24 +2,17 @@
 docstrings, and the table is computed from the runs' results (mean and sample std over seeds, the
 share of the run)."""
 
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _reproduce():
-  spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-reproduce = _reproduce()
+reproduce = load_script("reproduce")
 
 
 @pytest.mark.parametrize(
