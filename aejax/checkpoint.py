@@ -8,6 +8,7 @@ those that still restore but hold other numbers; either way the previous one
 is used.
 """
 
+import copy
 import hashlib
 import logging
 import os
@@ -76,7 +77,11 @@ def _write_arrays_whole_on_cpu() -> None:
   if _whole_array_writes or jax.default_backend() != "cpu":
     return
   _whole_array_writes = True
-  handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+  # Orbax's own handler, copied with only that switch changed (its metadata store included).
+  handler = copy.copy(ocp.type_handlers.get_type_handler(jax.Array))
+  if not hasattr(handler, "_use_replica_parallel"):  # Another Orbax: leave its writer alone.
+    return
+  handler._use_replica_parallel = False
   # Orbax warns that a handler is replaced, in a log where warnings should mean trouble.
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level

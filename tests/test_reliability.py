@@ -393,6 +393,21 @@ def test_disk_full_during_a_background_checkpoint_write(finished_run, tmp_path, 
   _assert_bitwise_equal(_params(workdir), _params(finished_run))
 
 
+def test_saving_a_state_replicated_on_8_cpu_devices_compiles_nothing(tmp_path, caplog):
+  # Orbax's replica-parallel writes slice each array 8 ways, one small compiled program per
+  # array shape and device; on CPU devices (one memory) aejax writes each array whole.
+  state = _fresh_state()
+  manager = checkpoint.checkpoint_manager(tmp_path, keep=3)
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    checkpoint.save_checkpoint(manager, 1, state)
+    checkpoint.wait_for_checkpoints(manager)
+  compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+  assert compiled == []
+  manager.close()
+  restored = checkpoint.restore_latest(checkpoint.checkpoint_manager(tmp_path, keep=3), state)
+  _assert_bitwise_equal(restored.params, state.params)
+
+
 def test_disk_full_when_a_checkpoint_write_starts(tmp_path, monkeypatch):
   state = _fresh_state()
   manager = checkpoint.checkpoint_manager(tmp_path, keep=3)
