@@ -79,6 +79,9 @@ class AutoEncoder(nn.Module):
   num_classes: int = 0
 
   is_variational = False
+  # Members of one population may differ in latent size (aejax/padding.py). Declared by each
+  # class itself, never inherited: a subclass with other losses must check its own.
+  population_padding = True
   # Parameter groups besides the model's own (a critic, a discriminator): top-level names in
   # the parameters, each trained on the loss term `loss_<name>` with its own optimizer state.
   extra_param_groups: tuple[str, ...] = ()

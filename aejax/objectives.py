@@ -19,9 +19,18 @@ def per_image_losses(
   key: jax.Array | None,
   config: ml_collections.ConfigDict,
   kl_weight: jax.Array,
+  member=None,
 ) -> dict[str, jax.Array]:
-  """The family's loss terms per image (aejax/autoencoder.py, aejax/vae.py, or a plug-in)."""
-  return model.apply({"params": params}, batch, key, config, kl_weight, method="losses")
+  """The family's loss terms per image (aejax/autoencoder.py, aejax/vae.py, or a plug-in).
+
+  `member`: a padded population member's padding.Member, for the models whose losses take one
+  (aejax/padding.py); a plain run's losses are called without it.
+  """
+  if member is None:
+    return model.apply({"params": params}, batch, key, config, kl_weight, method="losses")
+  return model.apply(
+    {"params": params}, batch, key, config, kl_weight, member=member, method="losses"
+  )
 
 
 def likelihood_log_scale(params, config) -> jax.Array:

@@ -181,9 +181,12 @@ def make_optimizer(
   )
 
 
-def _grads_and_metrics(state, batch, key, beta, *, model, config):
+def _grads_and_metrics(state, batch, key, beta, *, model, config, hp=None):
   """The gradient of the batch-mean loss, the batch-mean metrics (with grad_norm) and the new
   values of the model's state groups.
+
+  `hp` (a population member's, optional): its "member" (a padding.Member) goes to the losses and
+  its "grad_mask" zeroes the gradient of its padding (aejax/padding.py).
 
   An extra parameter group g gets the gradient of its own term `loss_<g>`
   instead, and the rest of the parameters that of `loss`: each player of an
@@ -192,9 +195,12 @@ def _grads_and_metrics(state, batch, key, beta, *, model, config):
   parameters before the step (its gradient is dropped).
   """
   kl_weight = losses.kl_weight(state.step, beta, config.objective.kl_warmup_steps)
+  hp = hp or {}
 
   def loss_fn(params, name="loss"):
-    terms = objectives.per_image_losses(model, params, batch, key, config, kl_weight)
+    terms = objectives.per_image_losses(
+      model, params, batch, key, config, kl_weight, hp.get("member")
+    )
     if name not in terms:
       raise errors.ConfigError(
         f"config.model.name: {config.model.name!r} declares the parameter group "
@@ -216,6 +222,8 @@ def _grads_and_metrics(state, batch, key, beta, *, model, config):
         f"its update_state() returns {sorted(new_groups)}"
       )
     grads = {**grads, **{group: jax.tree.map(jnp.zeros_like, grads[group]) for group in held}}
+  if "grad_mask" in hp:
+    grads = jax.tree.map(jnp.multiply, grads, hp["grad_mask"])
   metrics = {name: value.mean() for name, value in terms.items()}
   metrics["grad_norm"] = optax.tree.norm(grads)
   if model.is_variational:
@@ -272,7 +280,7 @@ def guarded_train_step(state, batch, key, hp, *, model, tx, config):
   and keys move on) and `nonfinite` says what went bad (NONFINITE_* bits).
   """
   grads, metrics, new_groups = _grads_and_metrics(
-    state, batch, key, hp["beta"], model=model, config=config
+    state, batch, key, hp["beta"], model=model, config=config, hp=hp
   )
   bad_loss = ~jnp.isfinite(metrics["loss"])
   bad_grads = ~jnp.isfinite(metrics["grad_norm"])  # The global norm is NaN/inf iff a leaf is.
@@ -459,16 +467,17 @@ def prepare_eval_data(eval_set: data.ImageSet, eval_batch_size: int, mesh: Mesh)
 def make_eval_fn(
   model, config, mesh: Mesh, eval_batch_size: int, num_members: int = 1, render=None
 ):  # fmt: skip
-  """`(params, images, labels, mask, j, keys, beta) -> {name: Average}` over eval batch j.
+  """`(params, images, labels, mask, j, keys, hp) -> {name: Average}` over eval batch j.
 
   `images`, `labels` and `mask` are prepare_eval_data's; `render` the eval
   set's (decodes uint8 grey levels). Keys are fixed per batch index, so
-  evaluation is deterministic; the KL weight is the member's final beta. With
-  num_members > 1, params, keys and beta carry a member axis.
+  evaluation is deterministic; the KL weight is the member's final beta
+  (hp["beta"]; a padded member's hp["member"] goes to the losses). With
+  num_members > 1, params, keys and hp carry a member axis.
   """
   del eval_batch_size  # The layout of prepare_eval_data holds it.
 
-  def eval_batch(params, images, labels, mask, j, keys, beta):
+  def eval_batch(params, images, labels, mask, j, keys, hp):
     x = images[j]
     if render is not None:
       x = render(x, None)
@@ -476,9 +485,11 @@ def make_eval_fn(
     m = mask[j]
     batch = tasks.make_batch(jax.random.fold_in(keys["eval_corrupt"], j), x, y, config)
     batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
-    final_kl_weight = jnp.asarray(beta, jnp.float32)
+    final_kl_weight = jnp.asarray(hp["beta"], jnp.float32)
     key = jax.random.fold_in(keys["eval_sample"], j)
-    terms = objectives.per_image_losses(model, params, batch, key, config, final_kl_weight)
+    terms = objectives.per_image_losses(
+      model, params, batch, key, config, final_kl_weight, hp.get("member")
+    )
     return {name: Average.from_array(value, m) for name, value in terms.items()}
 
   if num_members > 1:
@@ -486,14 +497,14 @@ def make_eval_fn(
   return jax.jit(eval_batch, out_shardings=parallel.replicated(mesh))
 
 
-def evaluate_split(
-  eval_fn, params, eval_data: dict, keys, beta, num_members: int = 1
-) -> list[dict]:
-  """Means over the whole evaluation split of every per-image metric, one dict per member."""
+def evaluate_split(eval_fn, params, eval_data: dict, keys, hp, num_members: int = 1) -> list[dict]:
+  """Means over the whole evaluation split of every per-image metric, one dict per member.
+
+  `hp`: the members' hyper-parameters (make_eval_fn reads "beta" and "member")."""
   totals = None
   for j in range(eval_data["num_batches"]):
     batch = eval_fn(
-      params, eval_data["images"], eval_data["labels"], eval_data["mask"], j, keys, beta
+      params, eval_data["images"], eval_data["labels"], eval_data["mask"], j, keys, hp
     )
     totals = batch if totals is None else jax.tree.map(Average.merge, totals, batch, is_leaf=_avg)
   totals = jax.device_get(totals)  # The only host sync of an evaluation.

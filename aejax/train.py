@@ -10,6 +10,7 @@ sweep worker call `visualize.finalize` after training.
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from aejax import (
   feeding,
   figures,
   models,
+  objectives,
+  padding,
   parallel,
   progress,
   steps,
@@ -42,14 +45,18 @@ from aejax import (
 from aejax import configs as configs_lib
 from aejax.metrics import MetricWriter
 
-# The fields a population's members may differ in: the seed and steps.HPARAM_FIELDS.
-VMAPPED_FIELDS = ("seed", *steps.HPARAM_FIELDS.values())
+# The fields a population's members may differ in. NUMBER_FIELDS enter its program as numbers
+# (the seed's keys, steps.HPARAM_FIELDS); padding.PADDED_FIELDS change shapes, so members that
+# differ in them are padded to the largest (aejax/padding.py).
+NUMBER_FIELDS = ("seed", *steps.HPARAM_FIELDS.values())
+VMAPPED_FIELDS = (*NUMBER_FIELDS, *padding.PADDED_FIELDS)
 
 
-def shared_fields(config: ml_collections.ConfigDict) -> dict:
-  """The config as a flat {field: value} without VMAPPED_FIELDS: equal for runs that can share."""
+def shared_fields(config: ml_collections.ConfigDict, vmapped=VMAPPED_FIELDS) -> dict:
+  """The config as a flat {field: value} without the `vmapped` fields: equal for runs that can
+  train as one population."""
   flat = workdir.flatten_fields(json.loads(config.to_json_best_effort()))
-  return {name: value for name, value in flat.items() if name not in VMAPPED_FIELDS}
+  return {name: value for name, value in flat.items() if name not in vmapped}
 
 
 # This process's compiled programs, by their builder and everything they depend on but the
@@ -73,10 +80,11 @@ def _key_part(value) -> str:
 
 def reused_program(build, config: ml_collections.ConfigDict, *args, **kwargs):
   """`build(*args, **kwargs)`, or what it returned earlier in this process for the same
-  builder, config (but VMAPPED_FIELDS) and arguments (models by their fields, meshes by their
+  builder, config (but NUMBER_FIELDS) and arguments (models by their fields, meshes by their
   devices, functions by identity)."""
   parts = [_key_part(a) for a in args] + [f"{k}={_key_part(v)}" for k, v in sorted(kwargs.items())]
-  key = json.dumps([f"{build.__qualname__} at {id(build)}", shared_fields(config), parts])
+  fields = shared_fields(config, NUMBER_FIELDS)
+  key = json.dumps([f"{build.__qualname__} at {id(build)}", fields, parts])
   if key in _programs:
     _programs.move_to_end(key)
     return _programs[key][-1]
@@ -266,13 +274,26 @@ class Population:
   With S > 1 the state, keys and hyper-parameters carry a leading member
   axis; with S = 1 they are a plain run's. `log`, `evaluate` and
   `checkpoint` are what the loop does at its boundaries.
+
+  Members that differ in padding.PADDED_FIELDS are padded: `config` and
+  `run.model` are at the largest latent size and k (padding.program_config),
+  `member_models[i]` is member i's own model, `hp` also holds each member's
+  padding.Member and gradient mask, and checkpoints, figures and metrics are
+  each member's own, unpadded.
   """
 
   def __init__(self, configs, dirs: list[epath.Path], run: Setup, mesh, is_writer: bool):
-    self.configs, self.config, self.dirs, self.run, self.mesh = configs, configs[0], dirs, run, mesh
+    self.configs, self.dirs, self.run, self.mesh = configs, dirs, run, mesh
     self.size = len(configs)
     self.batched = self.size > 1
+    self.padded = padding.is_padded(configs)
+    self.config = padding.program_config(configs) if self.padded else configs[0]
     model, counts = run.model, run.counts
+    self.member_models = [model] * self.size
+    if self.padded:
+      self.member_models = [
+        models.build_model(c.model, run.image_shape, trust_model_code=True) for c in configs
+      ]
     self.member_keys = [steps.derived_keys(c.seed) for c in configs]
     self.keys = parallel.stack(self.member_keys) if self.batched else self.member_keys[0]
     self.hp = jax.tree.map(
@@ -282,10 +303,27 @@ class Population:
     # The initial state does not depend on the learning rate: one optimizer builds it for all.
     tx = steps.make_optimizer(model, self.config, counts.total_steps, counts.steps_per_epoch)
 
-    def init(key):
+    def init(key, model=model):
       return steps.create_train_state(model, tx, run.image_shape, key, mesh)
 
-    self.state = jax.vmap(init)(self.keys["init"]) if self.batched else init(self.keys["init"])
+    if self.padded:
+      # Each member starts as its separate run: initialised at its own latent size, then padded.
+      own = [init(k["init"], m) for k, m in zip(self.member_keys, self.member_models, strict=True)]
+      self.padded_like = jax.eval_shape(init, self.member_keys[0]["init"])
+      self.member_like = [jax.eval_shape(lambda x: x, st) for st in own]
+      self.state = parallel.stack([self._pad(i, st) for i, st in enumerate(own)])
+      if model.is_variational:  # Its losses draw each member's noise and apply its objective.
+        self.hp["member"] = padding.members(configs)
+      self.hp["grad_mask"] = parallel.stack(
+        [
+          padding.gradient_mask(self.member_like[i].params, self.padded_like.params, *self._dims(i))
+          for i in range(self.size)
+        ]
+      )
+    elif self.batched:
+      self.state = jax.vmap(init)(self.keys["init"])
+    else:
+      self.state = init(self.keys["init"])
     self.managers = [
       checkpoint.checkpoint_manager(
         d, self.config.keep_checkpoints, f"member{i}" if self.batched else None
@@ -299,7 +337,14 @@ class Population:
       steps.make_eval_fn, self.config, model, self.config, mesh, run.eval_batch_size, self.size,
       render=run.eval_set.render,
     )  # fmt: skip
-    self.figure_fns = reused_program(make_figure_fns, self.config, model)
+    self.figure_fns = [
+      reused_program(make_figure_fns, c, m)
+      for c, m in zip(configs, self.member_models, strict=True)
+    ]
+    # A padded member reports the metrics its separate run reports, not the program's extras.
+    self.dropped_metrics = [set() for _ in configs]
+    if self.padded:
+      self.dropped_metrics = self._extra_metric_names()
     self.pending_sums = []
     self.skipped_steps = np.zeros(self.size, np.int64)
     self.last_log = (time.perf_counter(), 0)
@@ -313,6 +358,52 @@ class Population:
     """Member i of a population's pytree, for each i (the tree itself when S = 1)."""
     return [parallel.member(tree, i) for i in range(self.size)] if self.batched else [tree]
 
+  def _dims(self, i: int) -> tuple[int, int]:
+    """Member i's latent size and the population's (padding.pad's d and D)."""
+    return self.configs[i].model.latent_dim, self.config.model.latent_dim
+
+  def _pad(self, i: int, tree):
+    """Member i's own state (or parameters) in the padded shapes, replicated over the mesh."""
+    like = self.padded_like if isinstance(tree, steps.TrainState) else self.padded_like.params
+    d, D = self._dims(i)
+    pad = functools.partial(padding.pad, big_like=like, d=d, D=D)
+    return jax.jit(pad, out_shardings=parallel.replicated(self.mesh))(tree)
+
+  def _unpad(self, i: int, tree):
+    """Member i's own state (or parameters) from its padded ones."""
+    like = self.member_like[i]
+    like = like if isinstance(tree, steps.TrainState) else like.params
+    d, D = self._dims(i)
+    unpad = functools.partial(padding.unpad, small_like=like, d=d, D=D)
+    return jax.jit(unpad, out_shardings=parallel.replicated(self.mesh))(tree)
+
+  def own(self, tree) -> list:
+    """Each member's own state (or parameters): unpadded in a padded population."""
+    trees = self.members(tree)
+    return [self._unpad(i, t) for i, t in enumerate(trees)] if self.padded else trees
+
+  def _extra_metric_names(self) -> list[set[str]]:
+    """For each member, the metrics of the padded program that its separate run does not
+    report (a one-sample ELBO's neg_iwae_bound): found by tracing both, nothing runs."""
+    c0 = self.configs[0]
+    images = np.zeros((2, *self.run.image_shape), np.float32)
+    labels = np.zeros((2,), np.int32) if self.run.model.num_classes else None
+    batch = tasks.make_batch(jax.random.key(0), images, labels, c0)
+    key, weight = jax.random.key(0), jnp.float32(1.0)
+
+    def names(model, params, config, member=None):
+      terms = jax.eval_shape(
+        lambda p: objectives.per_image_losses(model, p, batch, key, config, weight, member), params
+      )
+      return set(terms)
+
+    hp0 = parallel.member(self.hp, 0)
+    padded = names(self.run.model, self.padded_like.params, self.config, hp0.get("member"))
+    return [
+      padded - names(m, like.params, c)
+      for m, like, c in zip(self.member_models, self.member_like, self.configs, strict=True)
+    ]
+
   def restore(self) -> int:
     """Resumes every member from its newest intact checkpoint; returns the step (0 if none)."""
     latest = [m.latest_step() for m in self.managers]
@@ -324,7 +415,7 @@ class Population:
       )
     restored = [
       checkpoint.restore_latest(manager, state)
-      for manager, state in zip(self.managers, self.members(self.state), strict=True)
+      for manager, state in zip(self.managers, self.own(self.state), strict=True)
     ]
     found = [None if r is None else int(r.step) for r in restored]
     if len(set(found)) != 1:
@@ -339,6 +430,8 @@ class Population:
       # Lines after the checkpoint (all of them without one) are from a run that died: redone now.
       writer.truncate_after(step)
     if found[0] is not None:
+      if self.padded:
+        restored = [self._pad(i, r) for i, r in enumerate(restored)]
       self.state = parallel.stack(restored) if self.batched else restored[0]
       logging.info("Resumed from the checkpoint at step %d in %s", step, self.dirs[0])
     self.last_log = (time.perf_counter(), step)
@@ -363,8 +456,10 @@ class Population:
     )
     records = []
     for i in range(self.size):
+      own_names = [k for k in names if k not in self.dropped_metrics[i]]
       record = {
-        f"train/{k}": sum(float(f[k][i]) for f in fetched) / max(int(counted[i]), 1) for k in names
+        f"train/{k}": sum(float(f[k][i]) for f in fetched) / max(int(counted[i]), 1)
+        for k in own_names
       }
       record["train/images_per_sec"] = rate
       record.update(device_use)
@@ -378,19 +473,21 @@ class Population:
   def evaluate(self, step: int, write: bool = True) -> list[dict]:
     """eval/* metrics of every member over the evaluation split; written with figures."""
     results = steps.evaluate_split(
-      self.eval_fn, self.state.params, self.eval_data, self.keys, self.hp["beta"], self.size
+      self.eval_fn, self.state.params, self.eval_data, self.keys, self.hp, self.size
     )
-    results = [{f"eval/{k}": v for k, v in r.items()} for r in results]
+    results = [
+      {f"eval/{k}": v for k, v in r.items() if k not in dropped}
+      for r, dropped in zip(results, self.dropped_metrics, strict=True)
+    ]
     if not write:
       return results
-    for i, (writer, params) in enumerate(
-      zip(self.writers, self.members(self.state.params), strict=False)
-    ):
+    own_params = self.own(self.state.params) if self.writers else []
+    for i, (writer, params) in enumerate(zip(self.writers, own_params, strict=False)):
       writer.write(step, results[i])
       c = self.configs[i]
       pngs = write_figures(
-        self.dirs[i], self.run.model, params, c, self.eval_data, self.member_keys[i], step,
-        self.figure_fns,
+        self.dirs[i], self.member_models[i], params, c, self.eval_data, self.member_keys[i], step,
+        self.figure_fns[i],
       )  # fmt: skip
       # The same pictures in TensorBoard's Images tab, one per evaluation (a slider over steps).
       writer.write_images(step, pngs)
@@ -408,7 +505,8 @@ class Population:
     with distributed.agreed("checkpoint"):
       for manager in self.managers:
         checkpoint.prepare_checkpoint(manager, step)
-    for manager, state in zip(self.managers, self.members(self.state), strict=True):
+    # A padded population's members are saved unpadded: each folder holds a plain run.
+    for manager, state in zip(self.managers, self.own(self.state), strict=True):
       checkpoint.save_checkpoint(manager, step, state)
 
   def close(self) -> None:
@@ -457,8 +555,10 @@ def train_population(
     check_group(configs)
     for c in configs[1:]:
       configs_lib.validate(c, num_devices=mesh.size)
-    config = configs[0]
+    # Members of different latent sizes or k train at the largest (aejax/padding.py).
+    config = padding.program_config(configs) if padding.is_padded(configs) else configs[0]
     run = setup(config, mesh.size)
+    padding.check_paddable(type(run.model), configs)
     if is_writer:
       _write_run_folders(configs, dirs, run, allow_config_change)
   # Matmuls and convolutions at the config's precision in every program the run traces.
@@ -468,8 +568,8 @@ def train_population(
 
 def _train_loop(configs, dirs: list[epath.Path], run: Setup, mesh, is_writer: bool):
   """train_population once its folders are written: restore, the loop, the summary."""
-  config, counts = configs[0], run.counts
   pop = Population(configs, dirs, run, mesh, is_writer)
+  config, counts = pop.config, run.counts
   with distributed.agreed("restore"):
     start_step = pop.restore()
   # The images (uint8 when 8-bit), or a ground-truth data set's factor indices that the step
@@ -622,7 +722,7 @@ def _log_start(pop: Population, counts) -> None:
     pop.num_train,
     pop.eval_data["count"],
     run.image_shape,
-    steps.count_params(pop.members(pop.state.params)[0]),
+    steps.count_params(pop.own(pop.state.params)[0]),
     f" x {pop.size} members ({', '.join(d.name for d in pop.dirs)})" if pop.batched else "",
     pop.mesh.size,
     jax.devices()[0].platform,

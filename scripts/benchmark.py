@@ -289,10 +289,9 @@ def run_case(name: str, batch_size: int, args) -> dict:
   eval_bs = min(c.eval_batch_size, len(eval_set.images))
   eval_data = steps.prepare_eval_data(eval_set, eval_bs, mesh)
   eval_fn = steps.make_eval_fn(model, c, mesh, eval_bs, render=eval_set.render)
-  beta = hp["beta"]
-  steps.evaluate_split(eval_fn, state.params, eval_data, keys, beta)  # Compiles.
+  steps.evaluate_split(eval_fn, state.params, eval_data, keys, hp)  # Compiles.
   eval_seconds = _median_time(
-    lambda: steps.evaluate_split(eval_fn, state.params, eval_data, keys, beta), max(2, reps - 2)
+    lambda: steps.evaluate_split(eval_fn, state.params, eval_data, keys, hp), max(2, reps - 2)
   )
   record = {}
   record["eval_images_per_sec"] = eval_data["count"] / eval_seconds

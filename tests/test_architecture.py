@@ -26,7 +26,7 @@ LAYERS = (
   # The model zoo (aejax/zoo/): models imports its files by name, never by an import statement.
   "zoo",
   # How it runs: devices, metrics, checkpoints, the device programs, the loop.
-  "parallel", "metrics", "checkpoint", "steps", "feeding", "estimators", "train",
+  "parallel", "padding", "metrics", "checkpoint", "steps", "feeding", "estimators", "train",
   # What a trained run offers: the API, its pictures, its evaluation.
   "samplers", "api", "visualize", "frechet", "fid", "evaluate", "pca_vs_ae",
   # Grids of runs.

@@ -98,10 +98,13 @@ def test_each_member_equals_its_separate_run_and_resumes(tmp_path, monkeypatch):
 
 def test_members_must_differ_only_in_vmapped_fields():
   a, b = _configs()[:2]
-  b.model.latent_dim = 3
-  with pytest.raises(errors.ConfigError, match=r"config\.model\.latent_dim: member 1 has 3"):
+  b.model.hidden_widths = (32,)
+  with pytest.raises(errors.ConfigError, match=r"config\.model\.hidden_widths: member 1 has"):
     train.check_group([a, b])
   train.check_group(_configs())  # Seed, beta and learning rate may differ.
+  b = _configs()[1]
+  b.model.latent_dim, b.objective.name, b.objective.num_samples = 3, "iwae", 5
+  train.check_group([a, b])  # And latent size, objective and k (padded: tests/test_padding.py).
 
 
 def test_a_member_with_nonfinite_steps_stops_the_group_or_is_skipped_alone(tmp_path, monkeypatch):
