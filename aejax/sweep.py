@@ -65,16 +65,24 @@ def config_conflict(run: Run) -> str | None:
   return None
 
 
-def plan_jobs(runs: Sequence[Run], vmap_seeds: bool, max_group: int) -> list[list[Run]]:
+def vmapped_fields(vmap_shapes: bool) -> tuple[str, ...]:
+  """The fields a sweep's vmapped group may differ in: train.NUMBER_FIELDS (seed, beta, learning
+  rate), and with vmap_shapes also padding.PADDED_FIELDS (latent size, objective, k: each member
+  padded to the group's largest, which pays on an accelerator that small runs leave idle)."""
+  return train.VMAPPED_FIELDS if vmap_shapes else train.NUMBER_FIELDS
+
+
+def plan_jobs(
+  runs: Sequence[Run], vmap_seeds: bool, max_group: int, vmap_shapes: bool = False
+) -> list[list[Run]]:
   """Runs grouped into worker jobs: one run each, or with vmap_seeds the runs that differ only in
-  train.VMAPPED_FIELDS and stand at the same checkpoint, up to max_group at a time."""
+  vmapped_fields(vmap_shapes) and stand at the same checkpoint, up to max_group at a time."""
   groups: dict[tuple, list[Run]] = {}
   for run in runs:
     if not vmap_seeds or is_trained(run.workdir, run.config):
       key = ("alone", run.name)  # Alone, or only its evaluation is left.
     else:
-      shared = json.dumps(train.shared_fields(run.config), sort_keys=True)
-      key = ("group", shared, latest_checkpoint(run.workdir))
+      key = ("group", _group_key(run, True, vmap_shapes), latest_checkpoint(run.workdir))
     groups.setdefault(key, []).append(run)
   return [
     members[i : i + max_group]
@@ -94,14 +102,16 @@ def parse_shard(spec: str) -> tuple[int, int]:
   return index, count
 
 
-def _group_key(run: Run, vmap_seeds: bool) -> str:
+def _group_key(run: Run, vmap_seeds: bool, vmap_shapes: bool = False) -> str:
   """Equal for runs that may train as one vmapped program (train.shared_fields)."""
   if not vmap_seeds:
     return run.name
-  return json.dumps(train.shared_fields(run.config), sort_keys=True)
+  return json.dumps(train.shared_fields(run.config, vmapped_fields(vmap_shapes)), sort_keys=True)
 
 
-def shard_runs(runs: Sequence[Run], index: int, count: int, vmap_seeds: bool) -> list[Run]:
+def shard_runs(
+  runs: Sequence[Run], index: int, count: int, vmap_seeds: bool, vmap_shapes: bool = False
+) -> list[Run]:
   """The runs of shard `index` of `count`: disjoint shards that together hold every run.
 
   Runs that could train as one vmapped program stay in one shard, and shards
@@ -111,13 +121,15 @@ def shard_runs(runs: Sequence[Run], index: int, count: int, vmap_seeds: bool) ->
   """
   group_index: dict[str, int] = {}
   for run in runs:
-    group_index.setdefault(_group_key(run, vmap_seeds), len(group_index))
-  return [run for run in runs if group_index[_group_key(run, vmap_seeds)] % count == index]
+    group_index.setdefault(_group_key(run, vmap_seeds, vmap_shapes), len(group_index))
+  return [
+    run for run in runs if group_index[_group_key(run, vmap_seeds, vmap_shapes)] % count == index
+  ]
 
 
-def count_groups(runs: Sequence[Run], vmap_seeds: bool) -> int:
+def count_groups(runs: Sequence[Run], vmap_seeds: bool, vmap_shapes: bool = False) -> int:
   """How many shards a sweep can use: its vmapped groups (its runs without vmapping)."""
-  return len({_group_key(run, vmap_seeds) for run in runs})
+  return len({_group_key(run, vmap_seeds, vmap_shapes) for run in runs})
 
 
 def job_name(job: Sequence[Run]) -> str:
@@ -231,6 +243,7 @@ def run_sweep(
   parallel: int = 1,
   devices: Sequence[str] = (),
   vmap_seeds: bool = True,
+  vmap_shapes: bool = False,
   max_group: int = 8,
   worker_flags: Sequence[str] = (),
   status_every: float = 30.0,
@@ -255,7 +268,7 @@ def run_sweep(
 
   status, todo = _triage(runs, event)
 
-  jobs = collections.deque(plan_jobs(todo, vmap_seeds, max_group))
+  jobs = collections.deque(plan_jobs(todo, vmap_seeds, max_group, vmap_shapes))
   # One slot per worker that may run at once; on GPUs each slot is a device.
   slots = list(devices)[: max(1, parallel)] if devices else [None] * max(1, parallel)
   where = f"{len(slots)} at a time" + (f" on GPUs {','.join(slots)}" if devices else " on the CPU")
@@ -497,6 +510,12 @@ def _define_flags() -> None:
     "Train runs that differ only in seed/beta/learning rate as one program (on a CPU it pays "
     "for short runs, not long ones: docs/latent_sweep.md).",
   )
+  flags.DEFINE_bool(
+    "vmap_shapes",
+    False,
+    "With vmap_seeds, also train runs that differ in latent size, objective or k as one program, "
+    "each padded to the largest (aejax/padding.py; for accelerators: on a CPU padding costs).",
+  )
   flags.DEFINE_integer("max_group", 8, "Most runs in one vmapped program.")
   compilation.define_flags(__name__)
   flags.DEFINE_integer("nll_samples", 500, "Importance samples of the test NLL (aejax.evaluate).")
@@ -596,7 +615,7 @@ def _sweep(f) -> None:
   )
   all_runs = runs = make_runs(f.config, overrides, sweep_dir)
   if f.emit == "slurm":
-    tasks = f.slurm_tasks or min(64, count_groups(runs, f.vmap_seeds))
+    tasks = f.slurm_tasks or min(64, count_groups(runs, f.vmap_seeds, f.vmap_shapes))
     text = slurm_script(
       sys.argv[1:],
       sweep_dir,
@@ -614,7 +633,7 @@ def _sweep(f) -> None:
     return
   if f.shard is not None:
     index, count = parse_shard(f.shard)
-    runs = shard_runs(runs, index, count, f.vmap_seeds)
+    runs = shard_runs(runs, index, count, f.vmap_seeds, f.vmap_shapes)
     logging.info(
       "shard %d of %d: %d of the sweep's %d runs", index, count, len(runs), len(all_runs)
     )
@@ -633,6 +652,7 @@ def _sweep(f) -> None:
     "fid": f.fid,
     "disentanglement_points": f.disentanglement_points,
     "vmap_seeds": f.vmap_seeds,
+    "vmap_shapes": f.vmap_shapes,
   }
   command = shlex.join(["python", sys.argv[0], *sys.argv[1:]])
   write_sweep_record(sweep_dir, config_arg, runs, settings, command)
@@ -653,6 +673,7 @@ def _sweep(f) -> None:
     parallel=parallel,
     devices=devices,
     vmap_seeds=f.vmap_seeds,
+    vmap_shapes=f.vmap_shapes,
     max_group=f.max_group,
     worker_flags=worker_flags,
     status_every=f.status_every,

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import pytest
 from helpers import read_tensorboard
 
-from aejax import configs, errors, sweep, sweep_grid
+from aejax import configs, errors, sweep, sweep_grid, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "latent_sweep.py"
@@ -130,6 +131,10 @@ def test_runs_differing_only_in_seed_share_a_job(tmp_path):
   # A run at another checkpoint than its seed-mates trains on its own.
   (runs[0].workdir / "checkpoints" / "8").mkdir(parents=True)
   assert [len(job) for job in sweep.plan_jobs(runs, vmap_seeds=True, max_group=8)] == [1, 5, 6]
+  # With vmap_shapes the latent sizes join too (padded: aejax/padding.py).
+  jobs = sweep.plan_jobs(runs, vmap_seeds=True, max_group=8, vmap_shapes=True)
+  assert [len(job) for job in jobs] == [1, 8, 3]
+  assert sweep.count_groups(runs, vmap_seeds=True, vmap_shapes=True) == 1
 
 
 def test_shards_are_disjoint_whole_groups_whatever_has_trained(tmp_path):
@@ -417,3 +422,32 @@ def test_sweep_interrupted_twice_then_finished_skipped_and_reported(tmp_path, pr
     assert (sweep_dir / name).stat().st_size > 0, name
   assert _events(sweep_dir) == events
   assert {name: _mtimes(sweep_dir / name) for name in names} == before
+
+
+def test_a_sweep_over_latent_sizes_with_vmap_shapes_trains_one_population_reported_as_before(
+  tmp_path,
+):
+  """--vmap_shapes: the latent sizes train as one padded program (aejax/padding.py); each run's
+  folder, metrics and the report have the form of a sweep that trains them one by one."""
+  sweep_dir = tmp_path / "sweep"
+  args = ("--latent_dims=2,3", "--seeds=0", "--vmap_shapes", "--config.total_steps=20")
+  result = _run(sweep_dir, *args, "--config.eval_every_steps=20")
+  assert result.returncode == 0, result.stderr[-4000:]
+  names = ["latent_dim=2,seed=0", "latent_dim=3,seed=0"]
+  assert [e["runs"] for e in _events(sweep_dir) if e["event"] == "start"] == [names]
+  for name in names:
+    run_dir = sweep_dir / name
+    # The run trained alone, in this process, from the config the sweep wrote.
+    config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+    alone = tmp_path / f"alone_{name}"
+    train.train_and_evaluate(config, str(alone))
+    ours = json.loads((run_dir / "final_metrics.json").read_text())
+    theirs = json.loads((alone / "final_metrics.json").read_text())
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+      assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (name, key)
+    assert (run_dir / "eval_results.json").is_file()
+  text = (sweep_dir / "report.md").read_text()
+  assert "| latent_dim | seeds | test NLL (nats) |" in text and "vmapped x2" in text
+  rows = (sweep_dir / "results.csv").read_text().splitlines()
+  assert len(rows) == 3 and rows[0].startswith("configuration,model.latent_dim,seeds,finished")
