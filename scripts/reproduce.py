@@ -19,7 +19,10 @@ steps; 0 runs the full protocol).
 With --burda it reproduces Burda et al.'s Table 1 for one stochastic layer
 instead (BURDA_ROWS: the k-sample VAE and IWAE objectives for k = 1, 5, 50, 3,280
 passes at batch 20, test NLL -L_5000), in RUNS_DIR/burda/ROW and
-RUNS_DIR/burda_results.md, in the same form.
+RUNS_DIR/burda_results.md, in the same form. With --population the six rows (times
+the seeds) train as one program instead: one sweep of experiments/iwae_burda.py's
+`sweep(add)` with --vmap_shapes (aejax/padding.py: every member padded to k = 50),
+in RUNS_DIR/burda/population; the rows' wall time is then the sweep's, shared.
 """
 
 import argparse
@@ -141,14 +144,26 @@ def paper_steps(row: PublishedRow) -> int:
   return configs.step_counts(config, row.num_train).total_steps
 
 
-def read_seed_results(sweep_dir: pathlib.Path) -> list[dict]:
-  """Each finished run's test NLL and step, from its eval_results.json."""
+def read_seed_results(sweep_dir: pathlib.Path, objective: tuple[str, int] | None = None) -> list:
+  """Each finished run's test NLL and step, from its eval_results.json; with `objective`
+  (objective.name, objective.num_samples) only the runs trained with it."""
   found = []
   for path in sorted(sweep_dir.glob("*/eval_results.json")):
     results = json.loads(path.read_text())
+    if objective is not None:
+      config = json.loads((path.parent / "config.json").read_text())["objective"]
+      if (config["name"], config["num_samples"]) != objective:
+        continue
     if "nll" in results:
       found.append({"run": path.parent.name, "nll": results["nll"], "step": results["step"]})
   return found
+
+
+def burda_objective(row: PublishedRow) -> tuple[str, int]:
+  """A Table 1 row's (objective.name, objective.num_samples), from its experiment argument."""
+  words = row.experiment.partition(":")[2].split(",")
+  k = next((int(w[1:]) for w in words if w in ("k1", "k5", "k50")), 1)
+  return ("iwae" if "iwae" in words else "elbo", k)
 
 
 def zoo_table_row(row: PublishedRow, seeds: list[dict], full_steps: int) -> str:
@@ -172,30 +187,53 @@ ZOO_HEADER = (
 )
 
 
+def _sweep_command(args, experiment: str, sweep_dir, nll_samples: int, overrides) -> list[str]:
+  command = [
+    sys.executable, "scripts/sweep.py", f"--config=experiments/{experiment}",
+    f"--sweep_dir={sweep_dir}", f"--seeds={args.seeds}", f"--nll_samples={nll_samples}",
+    f"--eval_limit={args.eval_limit}", "--probe_train_size=0", *overrides,
+  ]  # fmt: skip
+  if args.steps:
+    command += [f"--config.total_steps={args.steps}", f"--config.eval_every_steps={args.steps}"]
+    command += [f"--config.checkpoint_every_steps={args.steps}"]
+  return command
+
+
 def reproduce_published(args, overrides, table: str) -> None:
-  """Each row of TABLES[table] as a seed sweep, then its table of published vs measured NLLs."""
+  """Each row of TABLES[table] as a seed sweep (with args.population, --burda's rows as one
+  sweep trained as one program), then its table of published vs measured NLLs."""
   published_rows, folder, results_file = TABLES[table]
   runs_dir = pathlib.Path(args.runs_dir)
   rows, started = [], time.perf_counter()
+  population = None  # --population: (its sweep folder, exit code, seconds), run once.
+  if args.population:
+    if table != "burda":
+      raise SystemExit("--population: only --burda's rows differ in shape alone (objective, k)")
+    sweep_dir = runs_dir / folder / "population"
+    members = len(published_rows) * len(args.seeds.split(","))
+    command = _sweep_command(args, "iwae_burda.py", sweep_dir, 5000, overrides)
+    command += ["--vmap_shapes", f"--max_group={members}"]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT)
+    population = (sweep_dir, result.returncode, time.perf_counter() - start)
   for row in published_rows:
     if args.only_rows and _slug(row) not in args.only_rows.split(","):
       continue
-    sweep_dir = runs_dir / folder / _slug(row)
-    command = [
-      sys.executable, "scripts/sweep.py", f"--config=experiments/{row.experiment}",
-      f"--sweep_dir={sweep_dir}", f"--seeds={args.seeds}", f"--nll_samples={row.nll_samples}",
-      f"--eval_limit={args.eval_limit}", "--probe_train_size=0", *overrides,
-    ]  # fmt: skip
-    if args.steps:
-      command += [f"--config.total_steps={args.steps}", f"--config.eval_every_steps={args.steps}"]
-      command += [f"--config.checkpoint_every_steps={args.steps}"]
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    line = zoo_table_row(row, read_seed_results(sweep_dir), paper_steps(row))
-    if result.returncode != 0:
-      line = f"| {row.label} | {row.published:.2f} | failed (exit {result.returncode}) | | | |"
-    rows.append(f"{line} {seconds:.0f} s |")
+    if population is not None:
+      sweep_dir, returncode, seconds = population
+      seeds = read_seed_results(sweep_dir, burda_objective(row))
+    else:
+      sweep_dir = runs_dir / folder / _slug(row)
+      command = _sweep_command(args, row.experiment, sweep_dir, row.nll_samples, overrides)
+      start = time.perf_counter()
+      returncode = subprocess.run(command, cwd=ROOT).returncode
+      seconds = time.perf_counter() - start
+      seeds = read_seed_results(sweep_dir)
+    line = zoo_table_row(row, seeds, paper_steps(row))
+    if returncode != 0:
+      line = f"| {row.label} | {row.published:.2f} | failed (exit {returncode}) | | | |"
+    shared = f" (one program for all {len(published_rows)} rows)" if population else ""
+    rows.append(f"{line} {seconds:.0f} s{shared} |")
     print(line, f"({seconds:.0f} s)", flush=True)
   import jax  # For the device line only.
 
@@ -239,6 +277,9 @@ def main() -> None:
   parser.add_argument("--only_rows", default="", help="--zoo/--burda: comma-separated row names")
   parser.add_argument("--seeds", default="0,1,2", help="--zoo/--burda: the seeds of every row")
   parser.add_argument("--steps", type=int, default=0, help="--zoo/--burda: > 0 shortens each run")
+  parser.add_argument(
+    "--population", action="store_true", help="--burda: the six rows trained as one program"
+  )
   parser.add_argument(
     "--eval_limit", type=int, default=0, help="--zoo/--burda: > 0: the first N test images"
   )

@@ -54,3 +54,23 @@ def test_the_zoo_row_is_the_mean_and_sample_std_over_seeds(tmp_path):
   assert "+7.03" in line  # measured - published
   assert "3,000 of 600,000 (0.50%)" in line  # the shortest seed's steps
   assert "not measured" in reproduce.zoo_table_row(row, [], 600_000)
+
+
+def test_the_population_table_takes_each_rows_runs_from_the_one_sweep(tmp_path):
+  """--burda --population: one sweep of experiments/iwae_burda.py's sweep(add); each row reads
+  the runs trained with its objective and k."""
+  module, _ = reproduce.sweep_grid.load_config_module(str(ROOT / "experiments" / "iwae_burda.py"))
+  added = []
+  module.sweep(lambda **fields: added.append(fields))
+  expected = {reproduce.burda_objective(row) for row in reproduce.BURDA_ROWS}
+  assert {(a["objective.name"], a["objective.num_samples"]) for a in added} == expected
+  assert len(added) == len(expected) == 6
+  for i, (objective, k) in enumerate(sorted(expected)):
+    run = tmp_path / f"run{i}"
+    run.mkdir()
+    config = {"objective": {"name": objective, "num_samples": k}}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "eval_results.json").write_text(json.dumps({"nll": 80.0 + k, "step": 10}))
+  for row in reproduce.BURDA_ROWS:
+    (seed,) = reproduce.read_seed_results(tmp_path, reproduce.burda_objective(row))
+    assert seed["nll"] == 80.0 + reproduce.burda_objective(row)[1]
