@@ -26,9 +26,7 @@ Command:
   AEJAX_DATA_DIR=/path/to/data python -m aejax.main \
     --config=experiments/iwae_burda.py:iwae,k50 --workdir=runs/iwae_k50
   python -m aejax.evaluate --workdir=runs/iwae_k50 --nll_samples=5000
-  The whole table as one program (`sweep(add)`: the six objective x k runs, padded to k = 50):
-  python scripts/sweep.py --config=experiments/iwae_burda.py --sweep_dir=runs/burda \
-    --seeds=0 --vmap_shapes --nll_samples=5000
+  The whole table as one program: experiments/burda_table.py.
 """
 
 from aejax import configs, errors
@@ -74,15 +72,3 @@ def get_config(arg=None):
   if "tiny" in words:
     configs.make_tiny(c)
   return c
-
-
-def sweep(add, arg=None):
-  """Table 1's six runs: the VAE and IWAE objectives for k = 1, 5, 50 (the seeds from --seeds).
-
-  Their shapes differ only in k, so with scripts/sweep.py --vmap_shapes they train as one
-  population (aejax/padding.py). The argument's vae/iwae and k words are overridden.
-  """
-  del arg
-  for objective in ("elbo", "iwae"):
-    for k in (1, 5, 50):
-      add(**{"objective.name": objective, "objective.num_samples": k})

@@ -9,7 +9,10 @@
 #    separate runs (what makes an ablation grid cheap).
 # 3. The 5000-sample NLL of the 784-200-200-50 VAE on the 10,000 test images, timed.
 # 4. scripts/reproduce.py --burda shortened to 20,000 steps per row (the full protocol is 9.84M
-#    steps per row: run it with --steps=0 where hours are available).
+#    steps per row: run it with --steps=0 where hours are available), once row by row and once
+#    as one padded population (--population), timed: what a shape-padded grid saves.
+# 5. Kingma & Welling's latent sweep at full length (46,800 steps; 2, 3, 5, 10, 20, 50, 200
+#    latents x 3 seeds) as one population of 21 (scripts/sweep.py --vmap_shapes).
 # Every command's output lands in OUT_DIR (JSON lines, Markdown tables, logs).
 set -euo pipefail
 out="${1:?usage: accelerator_checks.sh OUT_DIR}"
@@ -38,3 +41,10 @@ python -m aejax.main --config=experiments/iwae_burda.py:vae,k1 --workdir="$nll_r
 python scripts/reproduce.py --burda --runs_dir="$out/runs" --seeds=0 --steps=20000 \
   > "$out/burda.log" 2>&1
 cp "$out/runs/burda_results.md" "$out/"
+python scripts/reproduce.py --burda --population --runs_dir="$out/runs_population" --seeds=0 \
+  --steps=20000 > "$out/burda_population.log" 2>&1
+cp "$out/runs_population/burda_results.md" "$out/burda_population_results.md"
+
+python scripts/sweep.py --config=experiments/latent_sweep.py --sweep_dir="$out/runs/latent_sweep" \
+  --seeds=0,1,2 --vmap_shapes --max_group=21 --nll_samples=5000 > "$out/latent_sweep.log" 2>&1
+cp "$out/runs/latent_sweep/report.md" "$out/latent_sweep_report.md"

@@ -20,8 +20,8 @@ With --burda it reproduces Burda et al.'s Table 1 for one stochastic layer
 instead (BURDA_ROWS: the k-sample VAE and IWAE objectives for k = 1, 5, 50, 3,280
 passes at batch 20, test NLL -L_5000), in RUNS_DIR/burda/ROW and
 RUNS_DIR/burda_results.md, in the same form. With --population the six rows (times
-the seeds) train as one program instead: one sweep of experiments/iwae_burda.py's
-`sweep(add)` with --vmap_shapes (aejax/padding.py: every member padded to k = 50),
+the seeds) train as one program instead: one sweep of experiments/burda_table.py
+with --vmap_shapes (aejax/padding.py: every member padded to k = 50),
 in RUNS_DIR/burda/population; the rows' wall time is then the sweep's, shared.
 """
 
@@ -211,7 +211,7 @@ def reproduce_published(args, overrides, table: str) -> None:
       raise SystemExit("--population: only --burda's rows differ in shape alone (objective, k)")
     sweep_dir = runs_dir / folder / "population"
     members = len(published_rows) * len(args.seeds.split(","))
-    command = _sweep_command(args, "iwae_burda.py", sweep_dir, 5000, overrides)
+    command = _sweep_command(args, "burda_table.py", sweep_dir, 5000, overrides)
     command += ["--vmap_shapes", f"--max_group={members}"]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT)

@@ -57,9 +57,9 @@ def test_the_zoo_row_is_the_mean_and_sample_std_over_seeds(tmp_path):
 
 
 def test_the_population_table_takes_each_rows_runs_from_the_one_sweep(tmp_path):
-  """--burda --population: one sweep of experiments/iwae_burda.py's sweep(add); each row reads
+  """--burda --population: one sweep of experiments/burda_table.py; each row reads
   the runs trained with its objective and k."""
-  module, _ = reproduce.sweep_grid.load_config_module(str(ROOT / "experiments" / "iwae_burda.py"))
+  module, _ = reproduce.sweep_grid.load_config_module(str(ROOT / "experiments" / "burda_table.py"))
   added = []
   module.sweep(lambda **fields: added.append(fields))
   expected = {reproduce.burda_objective(row) for row in reproduce.BURDA_ROWS}
