@@ -68,7 +68,7 @@ def config_conflict(run: Run) -> str | None:
 def vmapped_fields(vmap_shapes: bool) -> tuple[str, ...]:
   """The fields a sweep's vmapped group may differ in: train.NUMBER_FIELDS (seed, beta, learning
   rate), and with vmap_shapes also padding.PADDED_FIELDS (latent size, objective, k: each member
-  padded to the group's largest, which pays on an accelerator that small runs leave idle)."""
+  padded to the group's largest, so each computes at the largest shape)."""
   return train.VMAPPED_FIELDS if vmap_shapes else train.NUMBER_FIELDS
 
 
@@ -514,7 +514,7 @@ def _define_flags() -> None:
     "vmap_shapes",
     False,
     "With vmap_seeds, also train runs that differ in latent size, objective or k as one program, "
-    "each padded to the largest (aejax/padding.py; for accelerators: on a CPU padding costs).",
+    "each padded to the largest (aejax/padding.py; measured times: docs/reproductions.md).",
   )
   flags.DEFINE_integer("max_group", 8, "Most runs in one vmapped program.")
   compilation.define_flags(__name__)

@@ -10,8 +10,9 @@ What: the six runs of experiments/iwae_burda.py's Table 1 (the k-sample VAE
   4 passes, `tiny`: seconds; tests).
 Expected: test NLL (-L_5000, nats) in the paper: VAE 86.76 / 86.47 / 86.35 and
   IWAE 86.76 / 85.54 / 84.78 for k = 1 / 5 / 50. Measured: docs/reproductions.md.
-Runtime: the full protocol is 9.84M steps for each member; on a CPU padding
-  every member to 50 samples costs more than it saves (docs/reproductions.md).
+Runtime: the full protocol is 9.84M steps for each member, every member
+  computing 50 samples. Shortened to 200 steps on a 2-core CPU: 177 s for the
+  six as one program, 266-305 s row by row (docs/reproductions.md).
 Command:
   AEJAX_DATA_DIR=/path/to/data python scripts/sweep.py --config=experiments/burda_table.py \
     --sweep_dir=runs/burda_table --seeds=0,1,2 --vmap_shapes --max_group=18 --nll_samples=5000
