@@ -306,6 +306,7 @@ class Population:
     def init(key, model=model):
       return steps.create_train_state(model, tx, run.image_shape, key, mesh)
 
+    self.padding_programs = {}
     if self.padded:
       # Each member starts as its separate run: initialised at its own latent size, then padded.
       own = [init(k["init"], m) for k, m in zip(self.member_keys, self.member_models, strict=True)]
@@ -364,18 +365,27 @@ class Population:
 
   def _pad(self, i: int, tree):
     """Member i's own state (or parameters) in the padded shapes, replicated over the mesh."""
-    like = self.padded_like if isinstance(tree, steps.TrainState) else self.padded_like.params
-    d, D = self._dims(i)
-    pad = functools.partial(padding.pad, big_like=like, d=d, D=D)
-    return jax.jit(pad, out_shardings=parallel.replicated(self.mesh))(tree)
+    return self._padding_program("pad", i, isinstance(tree, steps.TrainState))(tree)
 
   def _unpad(self, i: int, tree):
     """Member i's own state (or parameters) from its padded ones."""
-    like = self.member_like[i]
-    like = like if isinstance(tree, steps.TrainState) else like.params
-    d, D = self._dims(i)
-    unpad = functools.partial(padding.unpad, small_like=like, d=d, D=D)
-    return jax.jit(unpad, out_shardings=parallel.replicated(self.mesh))(tree)
+    return self._padding_program("unpad", i, isinstance(tree, steps.TrainState))(tree)
+
+  def _padding_program(self, direction: str, i: int, whole_state: bool):
+    """padding.pad or unpad for member i's state (or parameters), jitted once per run: every
+    checkpoint and evaluation unpads each member."""
+    cache = self.padding_programs
+    key = (direction, self._dims(i)[0], whole_state)  # Members of one latent size share them.
+    if key not in cache:
+      d, D = self._dims(i)
+      if direction == "pad":
+        like = self.padded_like if whole_state else self.padded_like.params
+        fn = functools.partial(padding.pad, big_like=like, d=d, D=D)
+      else:
+        like = self.member_like[i] if whole_state else self.member_like[i].params
+        fn = functools.partial(padding.unpad, small_like=like, d=d, D=D)
+      cache[key] = jax.jit(fn, out_shardings=parallel.replicated(self.mesh))
+    return cache[key]
 
   def own(self, tree) -> list:
     """Each member's own state (or parameters): unpadded in a padded population."""
