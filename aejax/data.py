@@ -18,7 +18,7 @@ import threading
 import jax
 import numpy as np
 
-from aejax import datafiles, dsprites, errors, ground_truth
+from aejax import chorales, datafiles, dsprites, errors, ground_truth
 from aejax.datafiles import DATA_DIR_ENV, LOCAL_FOLDERS
 from aejax.errors import DataError
 
@@ -34,7 +34,7 @@ __all__ = [
   "resolve_data_dir",
 ]
 
-SOURCES = ("auto", "tfds", "idx", "amat", "digits", "rendered")
+SOURCES = ("auto", "tfds", "idx", "amat", "digits", "rendered", "music21")
 
 # The data sets rendered from their generative factors (source "rendered"), by config name.
 GROUND_TRUTH = {
@@ -191,6 +191,100 @@ class RenderedSet:
   def render(self, factors: jax.Array, key: jax.Array) -> jax.Array:
     """(B, H, W, C) float32 images in [0, 1] of (B, num_factors) indices; traceable."""
     return self.data_set.images_from_factors(factors, key)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SequenceSet:
+  """One split of a token-sequence data set, seen by the trainer as images of shape (T, 1, V).
+
+  Every sequence of T tokens out of V is, to the trainer, a one-hot "image" of T rows, one
+  column and V channels: batches, sharding, device-resident data, streaming, populations and
+  checkpoints then serve sequence models unchanged. The trainer keeps the int32 `tokens` on
+  device (a 59th of the one-hot floats for the chorales) and `render` one-hot encodes each
+  batch inside the compiled step, as RenderedSet renders its factors.
+
+  Attributes:
+    tokens: int32, shape (N, T), values in [0, vocab_size).
+    vocab_size: V.
+    name, split, source: as in ImageSet (source "music21" for the Bach chorales).
+  """
+
+  tokens: np.ndarray
+  vocab_size: int
+  name: str
+  split: str
+  source: str = "music21"
+  labels: None = None  # No labels: the field the trainer reads of every split.
+
+  def __post_init__(self) -> None:
+    where = f"{self.name}/{self.split} (source {self.source!r})"
+    tokens = self.tokens
+    if not isinstance(tokens, np.ndarray) or tokens.dtype != np.int32 or tokens.ndim != 2:
+      raise DataError(
+        f"{where}: tokens must be an int32 numpy array of shape (N, T), got "
+        f"{getattr(tokens, 'dtype', type(tokens).__name__)} of shape "
+        f"{getattr(tokens, 'shape', None)}."
+      )
+    if tokens.shape[0] == 0:
+      raise DataError(f"{where}: no sequences.")
+    if tokens.min() < 0 or tokens.max() >= self.vocab_size:
+      raise DataError(
+        f"{where}: tokens must lie in [0, {self.vocab_size}), found [{tokens.min()}, "
+        f"{tokens.max()}]."
+      )
+
+  @property
+  def stored(self) -> np.ndarray:
+    return self.tokens
+
+  def render(self, tokens_BxT: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """(B, T, 1, V) float32 one-hot sequences of (B, T) tokens; traceable."""
+    del key  # The signature of RenderedSet.render: a stored batch and the step's key.
+    return jax.nn.one_hot(tokens_BxT, self.vocab_size, dtype=jax.numpy.float32)[:, :, None, :]
+
+  @functools.cached_property
+  def images(self) -> np.ndarray:
+    """The one-hot sequences on the host, (N, T, 1, V) float32: what evaluation and figures read
+    (built on first use; the trainer never asks for the training split's)."""
+    return np.eye(self.vocab_size, dtype=np.float32)[self.tokens][:, :, None, :]
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return (int(self.tokens.shape[1]), 1, int(self.vocab_size))
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.tokens.shape[0])
+
+
+# The sequence data sets by name: (voice, bars per window) of the Bach chorales (aejax/chorales.py).
+SEQUENCE_SETS = {
+  "bach_soprano_2bar": (0, 2),
+  "bach_soprano_4bar": (0, 4),
+}
+# The folder, inside the data dir (else the user's cache), where the parsed chorales are kept.
+CHORALES_FOLDER = "bach-chorales"
+
+
+def chorales_cache_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
+  """<data dir>/bach-chorales when a data dir is set, else ~/.cache/aejax/bach-chorales."""
+  root = resolve_data_dir(data_dir)
+  if root is None:
+    root = pathlib.Path("~/.cache/aejax").expanduser()
+  return root / CHORALES_FOLDER
+
+
+def load_sequences(
+  name: str, split: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None
+) -> SequenceSet:
+  """A split ("train" or "test") of a SEQUENCE_SETS data set: melody windows of the Bach
+  chorales, split by chorale, the training windows in every transposition (chorales.py)."""
+  if split not in ("train", "test"):
+    raise DataError(f"{name}: unknown split {split!r}; the chorales have 'train' and 'test'.")
+  voice, bars = SEQUENCE_SETS[name]
+  dataset = chorales.load_dataset(chorales_cache_dir(data_dir), bars=bars, voice=voice)
+  tokens = np.asarray(dataset[split], np.int32)[:limit]
+  return SequenceSet(tokens=tokens, vocab_size=chorales.VOCAB_SIZE, name=name, split=split)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path | None:
@@ -397,7 +491,7 @@ def load(
   source: str = "auto",
   data_dir: str | os.PathLike[str] | None = None,
   limit: int | None = None,
-) -> ImageSet:
+) -> ImageSet | SequenceSet:
   """Loads one split. limit (if given) keeps only the first `limit` examples (tests/tiny runs).
 
   Sources ("auto" picks the first that applies):
@@ -408,6 +502,8 @@ def load(
       dir is `data_dir` or $AEJAX_DATA_DIR. "auto" uses it when it exists.
     - "tfds": tensorflow-datasets with its own data dir ($TFDS_DATA_DIR or
       ~/tensorflow_datasets); never the aejax data dir, whose folders hold original files.
+    - "music21": the token sequences of SEQUENCE_SETS (a SequenceSet), parsed once from
+      music21's corpus and cached in <data dir>/bach-chorales; "auto" picks it for their names.
 
   Args:
     name: data set name, e.g. "mnist", "fashion_mnist", "binarized_mnist", "digits".
@@ -426,6 +522,12 @@ def load(
     raise ValueError(f"limit must be a positive number of examples or None, got {limit}.")
   if name in GROUND_TRUTH or source == "rendered":
     return load_rendered(name, split, source=source, limit=limit)
+  if name in SEQUENCE_SETS or source == "music21":
+    if name not in SEQUENCE_SETS:
+      raise DataError(
+        f"{name}: source 'music21' provides only {', '.join(SEQUENCE_SETS)}; got {name!r}."
+      )
+    return load_sequences(name, split, data_dir=data_dir, limit=limit)
   root = resolve_data_dir(data_dir)
   folder = root / LOCAL_FOLDERS.get(name, name) if root is not None else None
 

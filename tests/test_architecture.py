@@ -19,7 +19,7 @@ LAYERS = (
   # Foundations: no aejax imports but errors.
   "errors", "progress", "accelerators", "compilation", "utilisation", "image_metrics", "figures",
   "latent_figures", "workdir", "runner", "distributed", "datafiles", "ground_truth", "dsprites",
-  "data", "study_stats", "chorales", "music",
+  "chorales", "data", "study_stats", "music",
   # What a model is and how it learns.
   "tasks", "losses", "layers", "networks", "autoencoder", "vae", "models", "optim", "configs",
   "objectives", "probes", "disentanglement",

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aejax import chorales, errors
+from aejax import chorales, data, errors
 from aejax.chorales import Note
 
 # A few 4/4 chorales (bwv66.6 has a one-beat pickup, bwv1.6 puts a horn part before the
@@ -274,3 +274,30 @@ def test_cache_is_read_back_instead_of_parsing_again(tmp_path, monkeypatch):
   assert np.array_equal(rebuilt["train"], built["train"])
   monkeypatch.setattr(chorales, "_parse", refuse)
   assert np.array_equal(chorales.load_dataset(tmp_path, bars=4, names=names)["test"], built["test"])
+
+
+def test_a_sequence_set_is_seen_as_one_hot_images_and_loads_by_name(tmp_path, monkeypatch):
+  """aejax.data: the chorale windows are a SequenceSet, int32 tokens on the device and one-hot
+  (T, 1, V) "images" to the trainer, cached in the data dir."""
+  tokens = np.array([[2, 1, 0, 1], [3, 3, 1, 0]], np.int32)
+  sequences = data.SequenceSet(tokens=tokens, vocab_size=5, name="toy", split="train")
+  assert sequences.image_shape == (4, 1, 5) and sequences.num_examples == 2
+  assert sequences.stored is tokens and sequences.labels is None
+  one_hot = np.asarray(sequences.render(tokens, None))
+  assert one_hot.shape == (2, 4, 1, 5) and np.array_equal(one_hot.argmax(-1)[:, :, 0], tokens)
+  assert np.array_equal(sequences.images, one_hot)
+  with pytest.raises(errors.DataError, match=r"toy/train .*tokens must lie in \[0, 3\)"):
+    data.SequenceSet(tokens=tokens, vocab_size=3, name="toy", split="train")
+  with pytest.raises(errors.DataError, match=r"int32 numpy array of shape \(N, T\)"):
+    data.SequenceSet(tokens=tokens[0], vocab_size=5, name="toy", split="train")
+
+  # By name, from the cache in <data dir>/bach-chorales (built here from a few chorales).
+  real_build = chorales.build_dataset
+  monkeypatch.setattr(chorales, "build_dataset", lambda *args: real_build(*args[:5], names=SUBSET))
+  train = data.load("bach_soprano_2bar", "train", data_dir=tmp_path)
+  test = data.load("bach_soprano_2bar", "test", data_dir=tmp_path, limit=3)
+  assert isinstance(train, data.SequenceSet) and train.image_shape == (32, 1, chorales.VOCAB_SIZE)
+  assert test.num_examples == 3 and test.source == "music21"
+  assert list((tmp_path / "bach-chorales").glob("*.npz"))
+  with pytest.raises(errors.DataError, match="unknown split 'valid'"):
+    data.load("bach_soprano_2bar", "valid", data_dir=tmp_path)
