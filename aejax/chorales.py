@@ -167,6 +167,13 @@ def decode_melody(tokens) -> list[Note]:
   return notes
 
 
+def melodies_of(one_hot_NxTx1xV) -> list[list[Note]]:
+  """The melodies of one-hot token sequences, (N, T, 1, V) as the trainer sees them, or of a
+  model's outputs for them (logits or probabilities): each step's most likely token, decoded."""
+  tokens_NxT = np.asarray(one_hot_NxTx1xV)[:, :, 0, :].argmax(axis=-1).astype(np.int32)
+  return [decode_melody(tokens) for tokens in tokens_NxT]
+
+
 def transpose(tokens, semitones: int) -> np.ndarray | None:
   """tokens (any shape) with every note-on moved by `semitones`; None if one leaves the range."""
   tokens = _check_tokens(tokens)

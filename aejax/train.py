@@ -27,12 +27,14 @@ from etils import epath
 
 from aejax import (
   checkpoint,
+  chorales,
   data,
   distributed,
   errors,
   feeding,
   figures,
   models,
+  music,
   objectives,
   padding,
   parallel,
@@ -238,6 +240,8 @@ def write_figures(run_dir, model, params, config, eval_data, keys, step: int, fn
     return {}
   name = f"{config.data.name} {config.task.name}, {config.model.name}, step {step}"
   written = {}
+  if config.data.name in data.SEQUENCE_SETS:
+    return _write_melody_figures(run_dir, model, params, config, batch, output, keys, fns, name)
   written["figures/reconstructions"] = figures.save_reconstructions(
     workdir.as_path(run_dir) / "reconstructions.png",
     _figure_rows(config.task.name, batch, output),
@@ -257,6 +261,33 @@ def write_figures(run_dir, model, params, config, eval_data, keys, step: int, fn
       workdir.as_path(run_dir) / "samples.png",
       np.asarray(jax.nn.sigmoid(logits)),
       title=f"Samples from {prior}: {name}",
+    )
+  return written
+
+
+def _write_melody_figures(run_dir, model, params, config, batch, output, keys, fns, name) -> dict:
+  """write_figures for token sequences (data.SequenceSet): piano rolls of the inputs against
+  their reconstructions and, for a model with a prior, of samples from it."""
+  count = min(8, len(output))
+  rows = {
+    "input": chorales.melodies_of(batch["input"][:count]),
+    "reconstruction": chorales.melodies_of(output[:count]),
+  }
+  written = {
+    "figures/reconstructions": music.piano_roll(
+      workdir.as_path(run_dir) / "reconstructions.png", rows, title=f"Reconstructions: {name}"
+    )
+  }
+  if hasattr(model, "sample") or model.is_variational:
+    if hasattr(model, "sample"):
+      logits = fns["sample"](params, keys["figure_samples"], None)
+    else:
+      z = jax.random.normal(keys["figure_samples"], (64, config.model.latent_dim))
+      logits = fns["decode"](params, z, None)
+    written["figures/samples"] = music.piano_roll(
+      workdir.as_path(run_dir) / "samples.png",
+      {"samples": chorales.melodies_of(np.asarray(logits)[:count])},
+      title=f"Samples from the prior: {name}",
     )
   return written
 

@@ -16,7 +16,7 @@ import numpy as np
 from etils import epath
 from jax.scipy.special import ndtri
 
-from aejax import api, data, figures, image_metrics, latent_figures, metrics, tasks
+from aejax import api, data, figures, image_metrics, latent_figures, melodies, metrics, tasks
 from aejax.api import TrainedModel
 
 GRID_SIZE = 20  # The latent grid: 20 x 20 decoded images.
@@ -308,7 +308,10 @@ def finalize(
   c = handle.config
   if eval_set is None:
     eval_set = data.load_split(c, c.data.eval_split, c.data.eval_limit)
-  written = write_final_outputs(handle, eval_set, run_dir)
+  if c.data.name in data.SEQUENCE_SETS:  # Melodies: piano rolls, MIDI and audio, not images.
+    written = melodies.write_final_outputs(handle, eval_set, run_dir)
+  else:
+    written = write_final_outputs(handle, eval_set, run_dir)
   # The final pictures also go to TensorBoard's Images tab, at the step they were drawn from.
   writer = metrics.MetricWriter(run_dir)
   pngs = {f"figures/{name.removesuffix('.png')}": name for name in written if name.endswith(".png")}

@@ -28,7 +28,7 @@ LAYERS = (
   # How it runs: devices, metrics, checkpoints, the device programs, the loop.
   "parallel", "padding", "metrics", "checkpoint", "steps", "feeding", "estimators", "train",
   # What a trained run offers: the API, its pictures, its evaluation.
-  "samplers", "api", "visualize", "frechet", "fid", "evaluate", "pca_vs_ae",
+  "samplers", "api", "melodies", "visualize", "frechet", "fid", "evaluate", "pca_vs_ae",
   # Grids of runs.
   "sweep_grid", "report", "sweep", "sweep_worker",
   # Entry points and the package's face.

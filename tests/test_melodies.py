@@ -1,0 +1,61 @@
+"""A run on the Bach chorale melodies end to end: training's piano rolls, then the final MIDI
+files, audio and interpolation sheet (aejax/melodies.py), with a dense VAE on one-hot tokens."""
+
+import numpy as np
+import pytest
+from helpers import tiny_digits_config
+from matplotlib import image as mpimg
+
+from aejax import chorales, data, melodies, metrics, music, train, visualize
+
+# Ten chorales (one of them drawn for the test split): a tiny run's windows, parsed in a second.
+SUBSET = (
+  "bwv1.6", "bwv10.7", "bwv101.7", "bwv26.6", "bwv40.8", "bwv66.6", "bwv7.7", "bwv153.1",
+  "bwv86.6", "bwv89.6",
+)  # fmt: skip
+
+
+@pytest.fixture
+def few_chorales(monkeypatch):
+  """data.load of a chorale set builds its cache from SUBSET only (a full build parses 408)."""
+  real_build = chorales.build_dataset
+  monkeypatch.setattr(chorales, "build_dataset", lambda *args: real_build(*args[:5], names=SUBSET))
+
+
+def test_a_melody_run_writes_piano_rolls_midi_and_audio(tmp_path, few_chorales):
+  c = tiny_digits_config(total_steps=40)
+  c.data.name, c.data.data_dir = "bach_soprano_2bar", str(tmp_path / "data")
+  c.data.eval_limit = 16
+  c.final_figures = True
+  run_dir = tmp_path / "run"
+  train.train_and_evaluate(c, str(run_dir))
+  # At every evaluation: piano rolls, in the folder and in TensorBoard.
+  for name in ("reconstructions.png", "samples.png"):
+    picture = mpimg.imread(run_dir / name)
+    assert picture.shape[0] > 200 and np.ptp(picture) > 0.5, name
+  assert metrics.read_metrics(run_dir)[-1]["step"] == 40
+
+  written = visualize.finalize(run_dir)
+  for stem in ("reconstructions", "samples", "interpolation"):
+    assert {f"{stem}.png", f"{stem}.mid", f"{stem}.wav"} <= set(written)
+  # The reconstructions' MIDI holds each test phrase (then its reconstruction): the first one
+  # is the test split's first window.
+  test_set = data.load("bach_soprano_2bar", "test", data_dir=tmp_path / "data")
+  first = chorales.melodies_of(test_set.images[:1])
+  notes = music.read_midi_notes(run_dir / "reconstructions.mid")
+  assert notes[: len(first[0])] == [tuple(n) for n in first[0]]
+  # Real audio of the whole file: 8 melodies of 2 bars (4 s each at 120 bpm) with half-bar (1 s)
+  # gaps, 39 s, and FluidSynth's release tail (2.0-3.3 s: tests/test_music.py).
+  stats = music.wav_stats(run_dir / "reconstructions.wav")
+  assert stats["rms"] > 0.01 and stats["sound_start_s"] < 4.0
+  assert stats["sample_rate"] == melodies.SAMPLE_RATE
+  assert 39.0 + 2.0 < stats["duration_s"] < 39.0 + 3.3
+
+
+def test_token_space_interpolation_moves_from_one_phrase_to_the_other():
+  a, b = np.zeros(32, np.int32) + 1, np.arange(32, dtype=np.int32) % 5
+  steps = melodies.token_space_interpolation(a, b, 7)
+  assert np.array_equal(steps[0], a) and np.array_equal(steps[-1], b)
+  # B's tokens only spread: a step taken from B stays B's at every later weight.
+  from_b = steps == b[None, :]
+  assert np.all(from_b[1:] >= from_b[:-1])
