@@ -17,6 +17,7 @@ from etils import epath
 from aejax import (
   accelerators,
   api,
+  chorales,
   compilation,
   data,
   disentanglement,
@@ -25,6 +26,7 @@ from aejax import (
   estimators,
   latent_figures,
   losses,
+  melodies,
   parallel,
   probes,
   progress,
@@ -291,8 +293,11 @@ def evaluate(
     )  # fmt: skip
   else:
     results["recon"] = float(per_image["recon"].mean(dtype=np.float64))
-  for name in ("bce_per_pixel", "mse", "psnr", "ssim"):
-    results[name] = float(per_image[name].mean(dtype=np.float64))
+  if config.data.name in data.SEQUENCE_SETS:
+    notes += _add_melody_results(results, phases, per_image, handle, eval_set, seed)
+  else:
+    for name in ("bce_per_pixel", "mse", "psnr", "ssim"):
+      results[name] = float(per_image[name].mean(dtype=np.float64))
 
   notes += _add_probe_results(
     results, phases, per_image, handle, eval_set, probe_train_size, seed, load_kwargs,
@@ -306,7 +311,7 @@ def evaluate(
     notes += _add_disentanglement_results(
       results, phases, handle, workdir, disentanglement_points, jax.random.fold_in(root, 2)
     )
-  if fid and config.data.name in data.GROUND_TRUTH:
+  if fid and (config.data.name in data.GROUND_TRUTH or config.data.name in data.SEQUENCE_SETS):
     notes.append(f"fid omitted: aejax trains no FID feature network for {config.data.name}.")
   elif fid:
     with phases.phase("fid"):
@@ -410,8 +415,10 @@ def _add_variational_results(
     )
   if config.data.dynamic_binarization:
     notes.append("targets dynamically binarized: one fixed Bernoulli draw per image (the seed).")
-  if config.model.likelihood == "discretized_logistic" or (
-    config.model.likelihood == "bernoulli" and binary
+  pixels = config.data.name not in data.SEQUENCE_SETS  # One-hot tokens are no pixels.
+  if pixels and (
+    config.model.likelihood == "discretized_logistic"
+    or (config.model.likelihood == "bernoulli" and binary)
   ):
     # A likelihood of the discrete pixels themselves: -L_k is (an upper bound on) -log P(x) of
     # the data as stored, so it converts to bits/dim with no dequantisation (unlike the
@@ -439,6 +446,23 @@ def _add_variational_results(
       results["bits_per_dim"] = estimators.bits_per_dim(
         results["nll_dequantised"], math.prod(handle.image_shape)
       )
+
+
+def _add_melody_results(results, phases, per_image, handle, eval_set, seed: int) -> list[str]:
+  """A melody run's reconstruction token accuracy and its samples' pitch-class and note-length
+  distances from the split's melodies (aejax/melodies.py), instead of the image metrics."""
+  results["token_accuracy"] = melodies.token_accuracy(per_image["reconstruction"], eval_set.images)
+  if handle.can_generate:
+    with phases.phase("sample statistics"):
+      samples = chorales.melodies_of(handle.generate(len(eval_set.images), seed=seed))
+      reference = chorales.melodies_of(eval_set.images)
+      results["sample_statistics"] = melodies.sample_statistics(
+        samples, reference, max_steps=chorales.STEPS_PER_BAR
+      )
+  return [
+    f"{handle.config.data.name} holds token sequences: an image is a sequence of "
+    f"{handle.image_shape[0]} steps, and nats per image are nats per sequence."
+  ]
 
 
 def _add_probe_results(
@@ -557,14 +581,30 @@ def markdown_table(results: dict) -> str:
     lines.append(f"| KL per latent dimension | {kl_dims} | nats per image |")
   else:
     lines.append(f"| reconstruction -log p(x\\|z) | {_fmt(r['recon'])} | nats per image |")
-  lines += [
-    f"| BCE (deterministic reconstruction) | {_fmt(r['bce_per_pixel'], digits=4)} | "
-    "nats per pixel |",
-    f"| MSE (deterministic reconstruction) | {_fmt(r['mse'], digits=4)} | "
-    "per pixel, [0, 1] scale |",
-    f"| PSNR | {_fmt(r['psnr'])} | dB, peak 1 |",
-    f"| SSIM | {_fmt(r['ssim'], digits=4)} | [-1, 1] |",
-  ]
+  if "psnr" in r:
+    lines += [
+      f"| BCE (deterministic reconstruction) | {_fmt(r['bce_per_pixel'], digits=4)} | "
+      "nats per pixel |",
+      f"| MSE (deterministic reconstruction) | {_fmt(r['mse'], digits=4)} | "
+      "per pixel, [0, 1] scale |",
+      f"| PSNR | {_fmt(r['psnr'])} | dB, peak 1 |",
+      f"| SSIM | {_fmt(r['ssim'], digits=4)} | [-1, 1] |",
+    ]
+  if "token_accuracy" in r:
+    lines.append(
+      f"| token accuracy (deterministic reconstruction) | {_fmt(r['token_accuracy'], digits=4)} "
+      "| fraction of steps |"
+    )
+  if "sample_statistics" in r:
+    stats, n = r["sample_statistics"], r["num_images"]
+    lines += [
+      f"| pitch classes, {n} prior samples vs the {n} melodies | "
+      f"{_fmt(stats['pitch_class_tv'], digits=4)} | total variation, [0, 1] |",
+      f"| note lengths (1-16 steps), samples vs melodies | "
+      f"{_fmt(stats['note_length_tv'], digits=4)} | total variation, [0, 1] |",
+      f"| notes per phrase, samples / melodies | {stats['notes_per_phrase_samples']:.2f} / "
+      f"{stats['notes_per_phrase_reference']:.2f} | notes |",
+    ]
   if "linear_probe_accuracy" in r:
     lines += [
       f"| linear probe accuracy (logistic regression, {r['probe_train_size']} train codes) | "

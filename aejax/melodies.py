@@ -85,3 +85,51 @@ def write_final_outputs(handle: TrainedModel, eval_set, workdir) -> list[str]:
     title = f"Interpolation between two test phrases: {title}"
     _save(workdir, "interpolation", rows, title, latent, written)
   return written
+
+
+# ---------------------------------------------------------------------------
+# Metrics of melodies (aejax.evaluate on a melody run).
+
+
+def pitch_class_histogram(melodies) -> np.ndarray:
+  """The share of notes (by onset) on each of the 12 pitch classes, C first; zeros if none."""
+  counts = np.zeros(12)
+  for melody in melodies:
+    for note in melody:
+      counts[note[2] % 12] += 1
+  return counts / max(counts.sum(), 1.0)
+
+
+def note_length_histogram(melodies, max_steps: int) -> np.ndarray:
+  """The share of notes of each length 1..max_steps steps (longer ones in the last bin)."""
+  counts = np.zeros(max_steps)
+  for melody in melodies:
+    for start, end, _ in melody:
+      counts[min(end - start, max_steps) - 1] += 1
+  return counts / max(counts.sum(), 1.0)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+  """Half the L1 distance of two distributions: 0 for equal ones, 1 for disjoint ones."""
+  return float(0.5 * np.abs(p - q).sum())
+
+
+def sample_statistics(samples, reference, max_steps: int) -> dict:
+  """How far sampled melodies are from held-out ones in their pitch-class and note-length
+  distributions (total variation, [0, 1]), and the mean notes per phrase of each."""
+  return {
+    "pitch_class_tv": total_variation(
+      pitch_class_histogram(samples), pitch_class_histogram(reference)
+    ),
+    "note_length_tv": total_variation(
+      note_length_histogram(samples, max_steps), note_length_histogram(reference, max_steps)
+    ),
+    "notes_per_phrase_samples": float(np.mean([len(m) for m in samples])),
+    "notes_per_phrase_reference": float(np.mean([len(m) for m in reference])),
+  }
+
+
+def token_accuracy(outputs_NxTx1xV, targets_NxTx1xV) -> float:
+  """The share of steps whose most likely output token is the target's."""
+  outputs = np.asarray(outputs_NxTx1xV).argmax(axis=-1)
+  return float(np.mean(outputs == np.asarray(targets_NxTx1xV).argmax(axis=-1)))

@@ -6,7 +6,7 @@ import pytest
 from helpers import tiny_digits_config
 from matplotlib import image as mpimg
 
-from aejax import chorales, data, melodies, metrics, music, train, visualize
+from aejax import chorales, data, evaluate, melodies, metrics, music, train, visualize
 
 # Ten chorales (one of them drawn for the test split): a tiny run's windows, parsed in a second.
 SUBSET = (
@@ -51,6 +51,15 @@ def test_a_melody_run_writes_piano_rolls_midi_and_audio(tmp_path, few_chorales):
   assert stats["sample_rate"] == melodies.SAMPLE_RATE
   assert 39.0 + 2.0 < stats["duration_s"] < 39.0 + 3.3
 
+  # aejax.evaluate scores melodies, not pixels: token accuracy and sample statistics.
+  results = evaluate.evaluate(run_dir, nll_samples=4, probe_train_size=0)
+  assert 0.0 <= results["token_accuracy"] <= 1.0 and "psnr" not in results
+  assert "nll_bits_per_dim" not in results and results["nll"] > 0
+  stats = results["sample_statistics"]
+  assert 0.0 <= stats["pitch_class_tv"] <= 1.0 and 0.0 <= stats["note_length_tv"] <= 1.0
+  assert any("nats per sequence" in note for note in results["notes"])
+  assert "token accuracy" in (run_dir / "eval_results.md").read_text()
+
 
 def test_token_space_interpolation_moves_from_one_phrase_to_the_other():
   a, b = np.zeros(32, np.int32) + 1, np.arange(32, dtype=np.int32) % 5
@@ -59,3 +68,17 @@ def test_token_space_interpolation_moves_from_one_phrase_to_the_other():
   # B's tokens only spread: a step taken from B stays B's at every later weight.
   from_b = steps == b[None, :]
   assert np.all(from_b[1:] >= from_b[:-1])
+
+
+def test_melody_statistics_of_known_melodies():
+  c_major = [[(0, 4, 60), (4, 8, 64), (8, 16, 67)]]
+  a_minor = [[(0, 4, 69), (4, 6, 72), (6, 8, 76), (8, 16, 69)]]
+  assert melodies.pitch_class_histogram(c_major)[[0, 4, 7]].tolist() == [1 / 3] * 3
+  assert melodies.note_length_histogram(a_minor, 4).tolist() == [0.0, 0.5, 0.0, 0.5]
+  stats = melodies.sample_statistics(c_major, a_minor, max_steps=16)
+  # Pitch classes C, E shared (1/3 each against 1/4, 1/2 with A at 1/2): TV = 1/2.
+  assert stats["pitch_class_tv"] == pytest.approx(0.5)
+  assert stats["notes_per_phrase_samples"] == 3 and stats["notes_per_phrase_reference"] == 4
+  assert melodies.sample_statistics(c_major, c_major, 16)["note_length_tv"] == 0.0
+  one_hot = np.eye(3)[[[0, 1, 2], [2, 2, 2]]][:, :, None]
+  assert melodies.token_accuracy(one_hot, np.eye(3)[[[0, 1, 1], [2, 2, 2]]][:, :, None]) == 5 / 6
