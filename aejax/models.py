@@ -203,9 +203,14 @@ ZOO: dict[str, str] = {
   "factor_vae": "aejax.zoo.factor_vae:build",
   "dip_vae_i": "aejax.zoo.dip_vae:build_dip_vae_i",
   "dip_vae_ii": "aejax.zoo.dip_vae:build_dip_vae_ii",
+  # Sequences: melodies as token sequences (aejax/chorales.py).
+  "music_vae": "aejax.zoo.music_vae:build",
 }
 
 
+# The zoo's models of token sequences (data.SEQUENCE_SETS: melodies), not of images: measured on
+# the Bach chorales (docs/sequences.md), not by the MNIST zoo table.
+SEQUENCE_FAMILY = ("music_vae",)
 # The zoo's disentanglement family: measured by the disentanglement study on dSprites, not by
 # the MNIST zoo table (experiments/zoo_table.py).
 DISENTANGLEMENT_FAMILY = (

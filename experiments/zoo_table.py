@@ -84,4 +84,6 @@ def sweep(add):
   for name in models.ZOO:
     if name in models.DISENTANGLEMENT_FAMILY:
       continue  # Measured on dSprites by the disentanglement study, not on MNIST here.
+    if name in models.SEQUENCE_FAMILY:
+      continue  # A model of melodies, not of images (docs/sequences.md).
     add(**{"model.name": name, "objective.beta": zoo_beta(name)})

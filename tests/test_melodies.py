@@ -1,13 +1,19 @@
-"""A run on the Bach chorale melodies end to end: training's piano rolls, then the final MIDI
-files, audio and interpolation sheet (aejax/melodies.py), with a dense VAE on one-hot tokens."""
+"""A MusicVAE run on the Bach chorale melodies end to end (experiments/zoo/music_vae.py:tiny):
+training's piano rolls, then the final MIDI files, audio and interpolation sheet
+(aejax/melodies.py), resumption, aejax.load and aejax.evaluate's melody metrics."""
+
+import logging
+import pathlib
 
 import numpy as np
 import pytest
-from helpers import tiny_digits_config
 from matplotlib import image as mpimg
+from test_experiments import load_experiment
 
+import aejax
 from aejax import chorales, data, evaluate, melodies, metrics, music, train, visualize
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Ten chorales (one of them drawn for the test split): a tiny run's windows, parsed in a second.
 SUBSET = (
   "bwv1.6", "bwv10.7", "bwv101.7", "bwv26.6", "bwv40.8", "bwv66.6", "bwv7.7", "bwv153.1",
@@ -22,18 +28,27 @@ def few_chorales(monkeypatch):
   monkeypatch.setattr(chorales, "build_dataset", lambda *args: real_build(*args[:5], names=SUBSET))
 
 
-def test_a_melody_run_writes_piano_rolls_midi_and_audio(tmp_path, few_chorales):
-  c = tiny_digits_config(total_steps=40)
-  c.data.name, c.data.data_dir = "bach_soprano_2bar", str(tmp_path / "data")
+def test_a_melody_run_writes_piano_rolls_midi_and_audio(tmp_path, few_chorales, caplog):
+  c = load_experiment(ROOT / "experiments" / "zoo" / "music_vae.py").get_config("tiny")
+  c.data.data_dir = str(tmp_path / "data")
   c.data.eval_limit = 16
   c.final_figures = True
   run_dir = tmp_path / "run"
-  train.train_and_evaluate(c, str(run_dir))
+  # Stopped at its first checkpoint, then resumed to the end (as a killed run restarts).
+  first = c.copy_and_resolve_references()
+  first.total_steps = c.checkpoint_every_steps
+  train.train_and_evaluate(first, str(run_dir))
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(c, str(run_dir))
+  assert f"Resumed from the checkpoint at step {c.checkpoint_every_steps}" in caplog.text
+  model = aejax.load(run_dir)
+  assert model.config.model.name == "music_vae" and model.step == c.total_steps
   # At every evaluation: piano rolls, in the folder and in TensorBoard.
   for name in ("reconstructions.png", "samples.png"):
     picture = mpimg.imread(run_dir / name)
     assert picture.shape[0] > 200 and np.ptp(picture) > 0.5, name
-  assert metrics.read_metrics(run_dir)[-1]["step"] == 40
+  assert metrics.read_metrics(run_dir)[-1]["step"] == c.total_steps
+  assert 0.0 <= metrics.read_metrics(run_dir)[-1]["eval/token_accuracy"] <= 1.0
 
   written = visualize.finalize(run_dir)
   for stem in ("reconstructions", "samples", "interpolation"):
