@@ -513,6 +513,7 @@ def load_dataset(
   try:
     with os.fdopen(handle, "wb") as file:
       np.savez_compressed(file, **dataset)
+    os.chmod(temporary, 0o644)  # mkstemp's file is the owner's alone; the cache is shared.
     os.replace(temporary, path)
   except BaseException:
     pathlib.Path(temporary).unlink(missing_ok=True)

@@ -333,7 +333,10 @@ def evaluate(
     model=config.model.name,
     data=config.data.name,
     task=config.task.name,
-    likelihood=config.model.likelihood,
+    # A melody model's likelihood is its own categorical per step, whatever the config says.
+    likelihood=(
+      "categorical" if config.data.name in data.SEQUENCE_SETS else config.model.likelihood
+    ),
     num_devices=mesh.size,
     seconds=time.perf_counter() - started,
     main_pass_seconds=main_pass_seconds,
@@ -402,8 +405,9 @@ def _add_variational_results(
   )
   if hasattr(handle.model, "log_weight_terms"):
     notes.append(
-      f"{config.model.name}'s prior is not N(0, I): kl (and so elbo) is a one-sample Monte Carlo "
-      "estimate of KL(q(z|x) || p(z)), while kl_per_dim measures q against N(0, 1) per unit."
+      f"{config.model.name} gives its own log-weight terms (its prior, or its likelihood, is not "
+      "aejax's built-in one): kl (and so elbo) is a one-sample Monte Carlo estimate of "
+      "KL(q(z|x) || p(z)), while kl_per_dim measures q against N(0, 1) per unit."
     )
   binary = config.data.dynamic_binarization or bool(
     np.all((eval_set.images == 0.0) | (eval_set.images == 1.0))

@@ -583,6 +583,7 @@ def render_wav(
         f"{midi_path}: fluidsynth wrote no audio to {wav_path}:\n{stderr or '(no output)'}\n"
         f"command: {' '.join(command)}"
       )
+    os.chmod(tmp, 0o644)  # mkstemp's file is the owner's alone; the audio is for any reader.
     os.replace(tmp, wav_path)
   finally:
     tmp.unlink(missing_ok=True)

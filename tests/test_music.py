@@ -275,6 +275,7 @@ def test_render_wav_sample_rate(tmp_path):
   midi = music.write_midi(tmp_path / "a.mid", [(0, 2, 69)])
   stats = music.wav_stats(music.render_wav(midi, tmp_path / "a.wav", sample_rate=22050))
   assert stats["sample_rate"] == 22050 and stats["rms"] > 0.001
+  assert (tmp_path / "a.wav").stat().st_mode & 0o777 == 0o644  # Readable by others.
   with pytest.raises(
     errors.ConfigError, match=r"sample_rate: expected an integer in 8000\.\.96000"
   ):
