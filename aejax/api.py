@@ -23,7 +23,17 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aejax import checkpoint, errors, losses, models, parallel, samplers, steps, utilisation
+from aejax import (
+  checkpoint,
+  data,
+  errors,
+  losses,
+  models,
+  parallel,
+  samplers,
+  steps,
+  utilisation,
+)
 from aejax import workdir as workdir_lib
 from aejax.workdir import CONFIG_FILE, RUN_INFO_FILE
 
@@ -66,6 +76,9 @@ class TrainedModel:
     self._encode = jax.jit(lambda p, x, y: self.apply({"params": p}, x, y, method="encode"))
     self._decode = jax.jit(lambda p, z, y: self.apply({"params": p}, z, y, method="decode"))
     self._sample_fn = None
+    # A run on token sequences (data.SEQUENCE_SETS: melodies) sees them as one-hot (T, 1, V)
+    # images; its methods also take (N, T) int tokens, and `tokens` turns outputs back into them.
+    self.is_sequence_model = config.data.name in data.SEQUENCE_SETS
 
   def apply(self, *args, **kwargs):
     """`self.model.apply` at the run's matmul precision: what the methods below trace."""
@@ -76,6 +89,8 @@ class TrainedModel:
 
   def _check_images(self, images, name: str = "images") -> np.ndarray:
     x = _as_array(images, name)
+    if self.is_sequence_model and x.ndim == 2 and np.issubdtype(x.dtype, np.integer):
+      x = self._one_hot(x, name)
     given = x.shape
     height, width, channels = self.image_shape
     if x.ndim == 3 and channels == 1:
@@ -103,6 +118,29 @@ class TrainedModel:
         f"{name}: values must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]"
       )
     return x.astype(np.float32)
+
+  def _one_hot(self, tokens_NxT: np.ndarray, name: str) -> np.ndarray:
+    """(N, T) int tokens -> the (N, T, 1, V) one-hot "images" a sequence model sees."""
+    num_steps, _, vocab = self.image_shape
+    if tokens_NxT.shape[1] != num_steps:
+      raise errors.InputError(
+        f"{name}: expected tokens of shape (N, {num_steps}), got {tokens_NxT.shape}"
+      )
+    if tokens_NxT.size and (tokens_NxT.min() < 0 or tokens_NxT.max() >= vocab):
+      raise errors.InputError(
+        f"{name}: tokens must lie in [0, {vocab}), got [{tokens_NxT.min()}, {tokens_NxT.max()}]"
+      )
+    return np.eye(vocab, dtype=np.float32)[tokens_NxT][:, :, None, :]
+
+  def tokens(self, outputs) -> np.ndarray:
+    """Sequence models: (N, T) int32 tokens of `decode`, `reconstruct` or `generate`'s outputs
+    (each step's most likely token); aejax.chorales.decode_melody turns a row into notes."""
+    if not self.is_sequence_model:
+      raise errors.InputError(
+        f"tokens: {self.config.data.name} is not a sequence data set (data.SEQUENCE_SETS)"
+      )
+    x = self._check_images(outputs, "outputs")
+    return x[:, :, 0, :].argmax(axis=-1).astype(np.int32)
 
   def _check_latents(self, latents) -> np.ndarray:
     z = _as_array(latents, "latents")

@@ -11,7 +11,7 @@ from matplotlib import image as mpimg
 from test_experiments import load_experiment
 
 import aejax
-from aejax import chorales, data, evaluate, melodies, metrics, music, train, visualize
+from aejax import chorales, data, errors, evaluate, melodies, metrics, music, train, visualize
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Ten chorales (one of them drawn for the test split): a tiny run's windows, parsed in a second.
@@ -43,6 +43,16 @@ def test_a_melody_run_writes_piano_rolls_midi_and_audio(tmp_path, few_chorales, 
   assert f"Resumed from the checkpoint at step {c.checkpoint_every_steps}" in caplog.text
   model = aejax.load(run_dir)
   assert model.config.model.name == "music_vae" and model.step == c.total_steps
+  # aejax.load takes and gives token sequences as well as their one-hot "images".
+  test_set = data.load("bach_soprano_2bar", "test", data_dir=tmp_path / "data")
+  tokens = test_set.tokens[:4]
+  np.testing.assert_array_equal(model.encode(tokens), model.encode(test_set.images[:4]))
+  decoded = model.tokens(model.reconstruct(tokens))
+  assert decoded.shape == (4, 32) and decoded.dtype == np.int32
+  assert 0 <= decoded.min() and decoded.max() < chorales.VOCAB_SIZE
+  assert model.tokens(model.generate(3, seed=0)).shape == (3, 32)
+  with pytest.raises(errors.InputError, match=r"tokens must lie in \[0, 59\)"):
+    model.encode(tokens + 100)
   # At every evaluation: piano rolls, in the folder and in TensorBoard.
   for name in ("reconstructions.png", "samples.png"):
     picture = mpimg.imread(run_dir / name)
@@ -55,7 +65,6 @@ def test_a_melody_run_writes_piano_rolls_midi_and_audio(tmp_path, few_chorales, 
     assert {f"{stem}.png", f"{stem}.mid", f"{stem}.wav"} <= set(written)
   # The reconstructions' MIDI holds each test phrase (then its reconstruction): the first one
   # is the test split's first window.
-  test_set = data.load("bach_soprano_2bar", "test", data_dir=tmp_path / "data")
   first = chorales.melodies_of(test_set.images[:1])
   notes = music.read_midi_notes(run_dir / "reconstructions.mid")
   assert notes[: len(first[0])] == [tuple(n) for n in first[0]]
