@@ -27,11 +27,13 @@ import optax
 
 from aejax import (
   api,
+  chorales,
   data,
   disentanglement,
   figures,
   latent_figures,
   models,
+  music,
   parallel,
   steps,
   study_stats,
@@ -57,6 +59,10 @@ METRICS = (
   ("active_units", "active units", 1),
   ("bce_per_pixel", "reconstruction BCE per pixel", 4),
   ("mse", "reconstruction MSE per pixel", 4),
+  # Melody runs (aejax/melodies.py): token accuracy, and the prior samples' distances.
+  ("token_accuracy", "reconstruction token accuracy", 3),
+  ("pitch_class_tv", "samples' pitch classes, TV to the test melodies", 3),
+  ("note_length_tv", "samples' note lengths, TV to the test melodies", 3),
   ("linear_probe_accuracy", "linear-probe accuracy", 3),
   # Runs on a ground-truth data set (dSprites): aejax/disentanglement.py's scores.
   *((key, what, 2 if "(nats)" in what else 3) for key, what in disentanglement.SCORES),
@@ -69,6 +75,7 @@ METRICS = (
   ("train_images_per_second", "training images/s", 0),
 )
 NUM_IMAGES = 10  # Columns of the contact sheets.
+NUM_MELODIES = 4  # Phrases of a melody sweep's piano rolls, left to right.
 
 
 def _read_json(path: pathlib.Path):
@@ -125,6 +132,7 @@ def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
     else:
       overrides = sweep_grid.parse_name(workdir.name)
     results = _read_json(workdir / workdir_lib.EVAL_RESULTS_JSON) or {}
+    results = {**results, **results.get("sample_statistics", {})}  # A melody run's, flat.
     final = _read_json(workdir / workdir_lib.FINAL_METRICS_FILE)
     info = _read_json(workdir / workdir_lib.RUN_INFO_FILE)
     if sweep_grid.is_finished(workdir, config):
@@ -319,6 +327,15 @@ def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequenc
       notes.append(f"{run['name']}: not loadable ({error})")
       continue
     label = f"{row['configuration']}\n(seed {run['config'].seed})"
+    if handle.is_sequence_model:
+      # Melodies: piano rolls of the same test phrases and of prior samples, no image sheets.
+      phrases, _ = _test_images(run["config"], cache, NUM_MELODIES)
+      if not recon_rows:
+        recon_rows["test phrases"] = chorales.melodies_of(phrases)
+      recon_rows[label] = chorales.melodies_of(handle.reconstruct(phrases))
+      if handle.can_generate:
+        sample_rows[f"{label}, prior"] = chorales.melodies_of(handle.generate(NUM_MELODIES, seed=0))
+      continue
     images, _ = _test_images(run["config"], cache, NUM_IMAGES)
     if not recon_rows:
       recon_rows["test images"] = images
@@ -345,6 +362,16 @@ def _contact_sheets(sweep_dir: pathlib.Path, runs: Sequence[dict], rows: Sequenc
       )
       two_d.append((row["configuration"], grid.name, scatter.name))
   written = {"notes": notes, "two_d": two_d}
+  melodies = recon_rows and not isinstance(next(iter(recon_rows.values())), np.ndarray)
+  if melodies:
+    title = "Reconstructions of the same test phrases (posterior mean), one row per configuration"
+    music.piano_roll(sweep_dir / RECONSTRUCTIONS_PNG, recon_rows, title=title)
+    written["reconstructions"] = RECONSTRUCTIONS_PNG
+    if sample_rows:
+      title = "Samples from the prior, one row per configuration"
+      music.piano_roll(sweep_dir / SAMPLES_PNG, sample_rows, title=title)
+      written["samples"] = SAMPLES_PNG
+    return written
   if recon_rows:
     figures.save_reconstructions(
       sweep_dir / RECONSTRUCTIONS_PNG,

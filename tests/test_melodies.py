@@ -4,6 +4,7 @@ training's piano rolls, then the final MIDI files, audio and interpolation sheet
 
 import logging
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,18 @@ from matplotlib import image as mpimg
 from test_experiments import load_experiment
 
 import aejax
-from aejax import chorales, data, errors, evaluate, melodies, metrics, music, train, visualize
+from aejax import (
+  chorales,
+  data,
+  errors,
+  evaluate,
+  melodies,
+  metrics,
+  music,
+  report,
+  train,
+  visualize,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Ten chorales (one of them drawn for the test split): a tiny run's windows, parsed in a second.
@@ -83,6 +95,14 @@ def test_a_melody_run_writes_piano_rolls_midi_and_audio(tmp_path, few_chorales, 
   assert 0.0 <= stats["pitch_class_tv"] <= 1.0 and 0.0 <= stats["note_length_tv"] <= 1.0
   assert any("nats per sequence" in note for note in results["notes"])
   assert "token accuracy" in (run_dir / "eval_results.md").read_text()
+
+  # A sweep's report over melody runs: the melody metrics as columns, piano rolls as sheets.
+  sweep_dir = tmp_path / "sweep"
+  shutil.copytree(run_dir, sweep_dir / "latent_dim=4")
+  text = report.write_report(sweep_dir).read_text()
+  assert "| reconstruction token accuracy |" in text and "psnr" not in text.lower()
+  assert mpimg.imread(sweep_dir / "reconstructions.png").shape[0] > 200
+  assert (sweep_dir / "samples.png").is_file()
 
 
 def test_token_space_interpolation_moves_from_one_phrase_to_the_other():
