@@ -216,7 +216,9 @@ class TrainedModel:
     """A model with a prior to sample: a VAE (N(0, I)), or a model with its own `sample`."""
     return hasattr(self.model, "sample") or self.is_variational
 
-  def generate(self, n: int, seed: int = 0, labels=None, sampler: str = "prior") -> np.ndarray:
+  def generate(
+    self, n: int, seed: int = 0, labels=None, sampler: str = "prior", temperature=None
+  ) -> np.ndarray:
     """n images (N, H, W, C) in [0, 1] drawn with `seed` by `sampler` (aejax/samplers.py):
 
     "prior": the model's prior: its own `sample` hook (a VampPrior, a
@@ -224,8 +226,24 @@ class TrainedModel:
     fitted to the codes of the training images (Ghosh et al.'s ex-post
     sampler, any unconditional model, cached in the workdir); "two_stage": a
     second VAE fitted to those codes (Dai & Wipf's second stage, likewise).
+    `temperature` (> 0): the prior's sampling temperature for a model that
+    has one (music_vae draws each token from softmax(logits / temperature));
+    None: the run's own.
     """
     samplers.check_sampler(sampler)
+    if temperature is not None:
+      if "temperature" not in getattr(self.model, "__dataclass_fields__", {}):
+        raise errors.InputError(
+          f"temperature: {self.config.model.name} samples with no temperature (music_vae has one)"
+        )
+      if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise errors.InputError(f"temperature: expected a number > 0, got {temperature!r}")
+      if not temperature > 0 or sampler != "prior":
+        raise errors.InputError(
+          f"temperature: expected a number > 0 with sampler='prior', got {temperature!r} "
+          f"with sampler={sampler!r}"
+        )
+      temperature = float(temperature)
     if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
       raise errors.InputError(f"n: expected a positive integer, got {n!r}")
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or not 0 <= seed < 2**32:
@@ -241,19 +259,22 @@ class TrainedModel:
     key = jax.random.key(seed)
     if hasattr(self.model, "sample"):
       y = self._check_labels(labels, int(n))
-      logits = self._sample(self.params, key, int(n), y)
+      logits = self._sample(self.params, key, int(n), y, temperature)
       return np.asarray(jax.device_get(jax.nn.sigmoid(logits)))
     z = np.asarray(jax.random.normal(key, (int(n), self.latent_dim)))
     return self.decode(z, labels)
 
-  def _sample(self, params, key, n: int, labels):
-    """The model's `sample` hook, jitted once per (n, labels given)."""
+  def _sample(self, params, key, n: int, labels, temperature=None):
+    """The model's `sample` hook, jitted once per (n, labels given, temperature)."""
     if self._sample_fn is None:
-      self._sample_fn = jax.jit(
-        lambda p, k, n, y: self.apply({"params": p}, k, n, y, method="sample"),
-        static_argnums=2,
-      )
-    return self._sample_fn(params, key, n, labels)
+
+      def sample(p, k, n, y, temperature):
+        model = self.model if temperature is None else self.model.clone(temperature=temperature)
+        with utilisation.matmul_precision(self.matmul_precision):
+          return model.apply({"params": p}, k, n, y, method="sample")
+
+      self._sample_fn = jax.jit(sample, static_argnums=(2, 4))
+    return self._sample_fn(params, key, n, labels, temperature)
 
   def log_likelihood(self, images, latents, labels=None) -> np.ndarray:
     """log p(x | z) of each image under the decoder, summed over pixels: (N,), nats."""

@@ -68,6 +68,8 @@ def test_more_images_than_one_chunk(vae_workdir, digits):
     (lambda m, x: m.encode(np.full((2, 8, 8, 1), np.nan, np.float32)), "NaN"),
     (lambda m, x: m.decode(np.zeros((2, 5), np.float32)), r"latents: expected shape \(N, 2\)"),
     (lambda m, x: m.generate(0), "positive integer"),
+    (lambda m, x: m.generate(2, temperature=0.5), "samples with no temperature"),
+    (lambda m, x: m.tokens(x), "not a sequence data set"),
     (lambda m, x: m.encode(x, labels=np.zeros(len(x), np.int32)), "not conditional"),
     (lambda m, x: m.log_likelihood(x[:3], np.zeros((2, 2), np.float32)), "2 latents for 3"),
   ],

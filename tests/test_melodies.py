@@ -63,6 +63,13 @@ def test_a_melody_run_writes_piano_rolls_midi_and_audio(tmp_path, few_chorales, 
   assert decoded.shape == (4, 32) and decoded.dtype == np.int32
   assert 0 <= decoded.min() and decoded.max() < chorales.VOCAB_SIZE
   assert model.tokens(model.generate(3, seed=0)).shape == (3, 32)
+  # The prior's temperature: near 0 each token is the most likely one (the same for any small
+  # temperature, given the seed's z); at 5 the draws wander off it.
+  cold = model.tokens(model.generate(2, seed=0, temperature=1e-6))
+  np.testing.assert_array_equal(cold, model.tokens(model.generate(2, seed=0, temperature=2e-6)))
+  assert np.any(cold != model.tokens(model.generate(2, seed=0, temperature=5.0)))
+  with pytest.raises(errors.InputError, match="temperature: expected a number > 0"):
+    model.generate(2, temperature=0.0)
   with pytest.raises(errors.InputError, match=r"tokens must lie in \[0, 59\)"):
     model.encode(tokens + 100)
   # At every evaluation: piano rolls, in the folder and in TensorBoard.
